@@ -1,0 +1,1 @@
+"""Backing stores. A backend only does I/O; it never sees a CDB."""

@@ -1,0 +1,1 @@
+"""SCSI emulation. Never imports the iSCSI PDU layer (pyscsit.pdu)."""

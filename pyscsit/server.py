@@ -1,0 +1,296 @@
+"""The only asyncio socket code: listeners, one Protocol per connection, timers.
+
+Each connection is a sans-IO ``session.Connection``; this module feeds it bytes, writes what it
+hands out with one ``writelines`` per read event, runs the SCSI tasks it asks for, and carries
+out the events that reach beyond one connection (session reinstatement, LUN/target resets).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import cast
+
+from pyscsit import pdu as P
+from pyscsit.scsi import dispatch
+from pyscsit.scsi.sense import InternalTargetFailure
+from pyscsit.scsi.task import ScsiResult, Status
+from pyscsit.session import (
+    CancelTask, Close, Connection, ExecuteTask, Reset, SessionRegistry, SessionUp, Task,
+)
+from pyscsit.target import Model, Portal
+
+log = logging.getLogger("pyscsit.server")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerOptions:
+    login_timeout: float = 30.0  # seconds from accept to full feature phase
+    nop_interval: float = 15.0  # idle seconds before the target pings (NOP-In)
+    nop_timeout: float = 15.0  # seconds to wait for the NOP-Out answer before dropping
+    max_recv_data_segment_length: int = 262144
+
+
+class IscsiServer:
+    def __init__(self, model: Model, options: ServerOptions | None = None) -> None:
+        self.model = model
+        self.options = options or ServerOptions()
+        self.registry = SessionRegistry()
+        self.protocols: set[IscsiProtocol] = set()
+        self._servers: list[asyncio.AbstractServer] = []
+        self.addresses: list[tuple[str, int]] = []
+
+    async def start(self) -> list[tuple[str, int]]:
+        loop = asyncio.get_running_loop()
+        bound: list[Portal] = []
+        for portal in self.model.portals:
+            srv = await loop.create_server(lambda: IscsiProtocol(self), portal.host,
+                                           portal.port, reuse_address=True)
+            self._servers.append(srv)
+            for sock in srv.sockets:
+                addr = sock.getsockname()
+                self.addresses.append((addr[0], addr[1]))
+                log.info("listening on %s", _fmt(addr[0], addr[1]))
+            # port 0 asks for any free port: SendTargets must name the one we got
+            port = srv.sockets[0].getsockname()[1] if srv.sockets else portal.port
+            bound.append(Portal(portal.host, port))
+        self.model.portals = bound
+        return self.addresses
+
+    async def close(self) -> None:
+        for srv in self._servers:
+            srv.close()
+        for p in list(self.protocols):
+            p.abort()
+        for srv in self._servers:
+            await srv.wait_closed()
+        for target in self.model.targets.values():
+            for lu in target.luns.values():
+                lu.backend.close()
+
+    # -- events that reach beyond one connection ---------------------------------------------
+    def session_up(self, proto: IscsiProtocol, ev: SessionUp) -> None:
+        s = ev.session
+        for old in self.registry.add(s):
+            log.info("session reinstatement: %s ISID 0x%012x replaces TSIH %d",
+                     s.initiator_name, s.isid, old.tsih)
+            for c in list(old.connections):
+                for p in self.protocols:
+                    if p.conn is c and p is not proto:
+                        p.abort()
+        log.info("%s session TSIH %d: %s -> %s", s.session_type, s.tsih, s.initiator_name,
+                 s.target.iqn if s.target else "discovery")
+
+    def reset(self, origin: IscsiProtocol, ev: Reset) -> None:
+        fn = ev.function
+        for p in list(self.protocols):
+            s = p.conn.session
+            if s is None or s.target is not ev.target:
+                continue
+            p.conn.abort_matching(ev.lun)
+            p.pump()
+        if fn == P.TmfFunction.LOGICAL_UNIT_RESET and ev.lun is not None:
+            ev.target.luns[ev.lun].reset("lun")
+        elif fn in (P.TmfFunction.TARGET_WARM_RESET, P.TmfFunction.TARGET_COLD_RESET):
+            kind = "cold" if fn == P.TmfFunction.TARGET_COLD_RESET else "warm"
+            for lu in ev.target.luns.values():
+                lu.reset(kind)
+        origin.conn.tmf_done(ev.request, P.TmfResponse.COMPLETE)
+        origin.pump()
+        if fn == P.TmfFunction.TARGET_COLD_RESET:
+            for p in list(self.protocols):
+                s = p.conn.session
+                if p is not origin and s is not None and s.target is ev.target:
+                    p.abort()
+
+
+def _fmt(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class IscsiProtocol(asyncio.Protocol):
+    def __init__(self, server: IscsiServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.conn: Connection = None  # type: ignore[assignment]  # set in connection_made
+        self.closing = False
+        self.last_rx = time.monotonic()
+        self._timer: asyncio.TimerHandle | None = None
+        self._write_paused = False
+
+    # -- transport callbacks ---------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it
+        self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        local = transport.get_extra_info("sockname")
+        peer = transport.get_extra_info("peername") or ("?", 0)
+        self.conn = Connection(self.server.model, self.server.registry,
+                               local_addr=(local[0], local[1]), peer_addr=(peer[0], peer[1]),
+                               max_recv_data_segment_length=(
+                                   self.server.options.max_recv_data_segment_length))
+        self.server.protocols.add(self)
+        self.started = time.monotonic()
+        self._schedule(self.server.options.login_timeout)
+        log.debug("connection from %s", _fmt(peer[0], peer[1]))
+
+    def data_received(self, data: bytes) -> None:
+        self.last_rx = time.monotonic()
+        try:
+            self.conn.receive_data(data)
+        except Exception:  # a bug must cost one connection, never the server
+            log.exception("internal error on connection from %s", self.conn.peer_addr[0])
+            self.abort()
+            return
+        self.pump()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.server.protocols.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+        for t in self.conn.connection_lost():
+            self._cancel(t)
+        log.debug("connection from %s closed", self.conn.peer_addr[0])
+
+    def pause_writing(self) -> None:
+        # The peer is not reading: stop reading its commands until it does (bounded memory).
+        self._write_paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self.transport is not None and not self.closing:
+            self.transport.resume_reading()
+
+    # -- the pump: output, then events -----------------------------------------------------
+    def pump(self) -> None:
+        if self.transport is None or self.closing:
+            return
+        out = self.conn.take_output()
+        if out:
+            self.transport.writelines(out)
+        for ev in self.conn.take_events():
+            if isinstance(ev, ExecuteTask):
+                self._execute(ev.task)
+            elif isinstance(ev, CancelTask):
+                self._cancel(ev.task)
+            elif isinstance(ev, SessionUp):
+                self._schedule(self.server.options.nop_interval)
+                self.server.session_up(self, ev)
+            elif isinstance(ev, Reset):
+                self.server.reset(self, ev)
+            elif isinstance(ev, Close):
+                log.info("closing connection from %s: %s", self.conn.peer_addr[0], ev.reason)
+                self.close()
+                return
+
+    def close(self) -> None:
+        if not self.closing and self.transport is not None:
+            self.closing = True
+            self.transport.close()  # flushes what is buffered first
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.closing = True
+            self.transport.abort()
+
+    # -- SCSI tasks ------------------------------------------------------------------------
+    def _execute(self, task: Task) -> None:
+        task.handle = asyncio.ensure_future(self._run(task))
+
+    async def _run(self, task: Task) -> None:
+        s = self.conn.session
+        assert s is not None and s.target is not None and task.command is not None
+        try:
+            result = await dispatch.execute(s.target.luns, task.command)
+        except asyncio.CancelledError:
+            return
+        except Exception:
+            log.exception("SCSI task 0x%08x failed", task.itt)
+            result = ScsiResult(Status.CHECK_CONDITION, sense=InternalTargetFailure().encode())
+        self.conn.task_done(task, result)
+        self.pump()
+
+    def _cancel(self, task: Task) -> None:
+        h = task.handle
+        if isinstance(h, asyncio.Future) and not h.done():
+            h.cancel()
+
+    # -- timers: login timeout, NOP pings --------------------------------------------------
+    def _schedule(self, delay: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(max(delay, 0.05), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.closing:
+            return
+        opts = self.server.options
+        now = time.monotonic()
+        if self.conn.session is None:
+            log.warning("login timeout for %s", self.conn.peer_addr[0])
+            self.abort()
+            return
+        if self.conn.ping_overdue(now, opts.nop_timeout):
+            log.warning("%s did not answer a NOP-In ping: dropping the connection",
+                        self.conn.peer_addr[0])
+            self.abort()
+            return
+        idle = now - self.last_rx
+        if idle >= opts.nop_interval:
+            self.conn.ping(now)
+            self.pump()
+            self._schedule(opts.nop_timeout)
+        else:
+            self._schedule(opts.nop_interval - idle)
+
+
+async def serve(model: Model, *, options: ServerOptions | None = None,
+                ready: Callable[[list[tuple[str, int]]], None] | None = None) -> None:
+    """Listen on every portal of ``model`` until cancelled."""
+    server = IscsiServer(model, options)
+    await server.start()
+    if ready is not None:
+        ready(server.addresses)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await server.close()
+
+
+def run(model: Model, *, options: ServerOptions | None = None,
+        ready: Callable[[list[tuple[str, int]]], None] | None = None) -> None:
+    """Run the server in the foreground until SIGTERM or SIGINT; uvloop when importable."""
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        runner = asyncio.run
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await serve(model, options=options, ready=ready)
+        except asyncio.CancelledError:
+            log.info("stopping")
+
+    runner(main())

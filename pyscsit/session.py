@@ -1,0 +1,717 @@
+"""Session and connection state, sans-IO (RFC 7143 §3-§4, §7, §11).
+
+A ``Connection`` takes bytes in (``receive_data``) and hands out wire buffers
+(``take_output``) and events (``take_events``) for the server loop: run a SCSI task, cancel
+one, do a reset that reaches other sessions, close. It never touches a socket or awaits; the
+server calls ``task_done`` when a SCSI task finishes. Time is passed in (``ping``,
+``check_ping``) so timers are testable.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass, field
+from enum import Enum
+
+from pyscsit import pdu as P
+from pyscsit.login import LoginMachine, LoginResult, text_exchange
+from pyscsit.keys import OperationalParams, TextError, encode_text, parse_text
+from pyscsit.scsi import dispatch
+from pyscsit.scsi.task import CdbInfo, Direction, Nexus, ScsiCommand, ScsiResult, Status
+from pyscsit.target import Model, Target
+
+log = logging.getLogger(__name__)
+
+LOGIN_MAX_DATA = 8192  # §13.12: MaxRecvDataSegmentLength default, in force during login
+CMD_WINDOW = 128  # commands a session may have in flight (MaxCmdSN - ExpCmdSN + 1)
+
+
+# -- serial number arithmetic (RFC 1982, 32 bits; RFC 7143 §4.2.2.1) ----------------------------
+
+def sn_lt(a: int, b: int) -> bool:
+    return a != b and ((a < b and b - a < 1 << 31) or (a > b and a - b > 1 << 31))
+
+
+def sn_le(a: int, b: int) -> bool:
+    return a == b or sn_lt(a, b)
+
+
+def sn_add(a: int, n: int) -> int:
+    return (a + n) & 0xFFFFFFFF
+
+
+# -- events for the server loop ------------------------------------------------------------------
+
+@dataclass(slots=True)
+class ExecuteTask:
+    task: Task
+
+
+@dataclass(slots=True)
+class CancelTask:
+    task: Task
+
+
+@dataclass(slots=True)
+class SessionUp:
+    """Login finished for a normal or discovery session (the server handles reinstatement)."""
+
+    session: Session
+
+
+@dataclass(slots=True)
+class Reset:
+    """A TMF whose reach goes beyond this session: the server aborts the matching tasks on
+    every session, resets the LU(s), then calls ``Connection.tmf_done``."""
+
+    function: int
+    target: Target
+    lun: int | None
+    request: P.TaskMgmtRequest
+
+
+@dataclass(slots=True)
+class Close:
+    """Close the connection once the output handed out so far is written."""
+
+    reason: str
+
+
+Event = ExecuteTask | CancelTask | SessionUp | Reset | Close
+
+
+# -- tasks ---------------------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class R2TState:
+    ttt: int
+    offset: int
+    length: int
+    next_offset: int
+    next_data_sn: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class Task:
+    itt: int
+    cmd_sn: int
+    immediate: bool
+    lun: int
+    lun_field: int
+    cdb: bytes
+    attr: int
+    expected_length: int
+    info: CdbInfo
+    write: bool
+    read: bool
+    buffer: bytearray | None = None
+    received: int = 0
+    unsolicited_end: int = 0  # data below this offset comes unsolicited
+    unsol_next_offset: int = 0
+    unsol_data_sn: int = 0
+    r2t_next_offset: int = 0
+    r2t_sn: int = 0
+    r2ts: dict[int, R2TState] = field(default_factory=dict)
+    delivered: bool = False
+    executing: bool = False
+    aborted: bool = False
+    command: ScsiCommand | None = None
+    handle: object = None  # the server's asyncio task, for cancellation
+
+    @property
+    def data_complete(self) -> bool:
+        return not self.write or self.received >= self.expected_length
+
+
+# -- sessions ------------------------------------------------------------------------------------
+
+@dataclass(eq=False)
+class Session:
+    tsih: int
+    isid: int
+    initiator_name: str
+    session_type: str
+    target: Target | None
+    params: OperationalParams
+    exp_cmd_sn: int
+    nexus: Nexus | None = None
+    tasks: dict[int, Task] = field(default_factory=dict)
+    pending: dict[int, P.Pdu] = field(default_factory=dict)  # out-of-order numbered PDUs
+    connections: list[Connection] = field(default_factory=list)
+
+    @property
+    def max_cmd_sn(self) -> int:
+        # The window shrinks while commands are in flight: flow control (§4.2.2.1).
+        in_flight = sum(1 for t in self.tasks.values() if not t.immediate)
+        return sn_add(self.exp_cmd_sn, max(CMD_WINDOW - in_flight, 0) - 1)
+
+
+class SessionRegistry:
+    """All sessions of the server: TSIH allocation and lookup (§4.4.3)."""
+
+    def __init__(self) -> None:
+        self.sessions: dict[int, Session] = {}
+        self._next = itertools.count(1)
+
+    def allocate_tsih(self) -> int:
+        while True:
+            tsih = next(self._next) & 0xFFFF
+            if tsih and tsih not in self.sessions:
+                return tsih
+
+    def exists(self, tsih: int) -> bool:
+        return tsih in self.sessions
+
+    def add(self, s: Session) -> list[Session]:
+        """Register ``s``; return older sessions it reinstates (same initiator, ISID, target:
+        §6.3.5 session reinstatement), which the caller closes."""
+        old = [o for o in self.sessions.values()
+               if o.initiator_name == s.initiator_name and o.isid == s.isid
+               and o.target is s.target and o.session_type == s.session_type]
+        for o in old:
+            self.sessions.pop(o.tsih, None)
+        self.sessions[s.tsih] = s
+        return old
+
+    def remove(self, s: Session) -> None:
+        if self.sessions.get(s.tsih) is s:
+            del self.sessions[s.tsih]
+
+
+class Phase(Enum):
+    LOGIN = 1
+    FULL_FEATURE = 2
+    CLOSING = 3
+
+
+# -- the connection ------------------------------------------------------------------------------
+
+class Connection:
+    def __init__(self, model: Model, registry: SessionRegistry, *, local_addr: tuple[str, int],
+                 peer_addr: tuple[str, int], max_recv_data_segment_length: int = 262144) -> None:
+        self.model = model
+        self.registry = registry
+        self.local_addr = local_addr
+        self.peer_addr = peer_addr
+        self.phase = Phase.LOGIN
+        self.reader = P.PduReader(max_data=LOGIN_MAX_DATA)
+        self.login = LoginMachine(model, local_addr=local_addr, peer_addr=peer_addr,
+                                  tsih_allocator=registry.allocate_tsih,
+                                  session_exists=registry.exists,
+                                  max_recv_data_segment_length=max_recv_data_segment_length)
+        self.session: Session | None = None
+        self.cid = 0
+        self.stat_sn = 0
+        self.header_digest = False
+        self.data_digest = False
+        self.max_xmit = LOGIN_MAX_DATA
+        self._out: list[P.Buffer] = []
+        self._events: list[Event] = []
+        self._ttt = itertools.count(1)
+        self._text_rest: dict[int, bytes] = {}  # TTT -> the rest of a long Text response
+        self.ping_ttt: int | None = None
+        self.ping_sent_at = 0.0
+
+    # -- plumbing --------------------------------------------------------------------------
+    def take_output(self) -> list[P.Buffer]:
+        out, self._out = self._out, []
+        return out
+
+    def take_events(self) -> list[Event]:
+        ev, self._events = self._events, []
+        return ev
+
+    def _next_ttt(self) -> int:
+        while True:
+            t = next(self._ttt) & 0xFFFFFFFF
+            if t != P.RESERVED_TAG:
+                return t
+
+    def _send(self, pdu: P.Pdu, *, new_stat_sn: bool = True) -> None:
+        s = self.session
+        if isinstance(pdu, P._TargetPdu):
+            if new_stat_sn:
+                pdu.stat_sn = self.stat_sn
+                self.stat_sn = sn_add(self.stat_sn, 1)
+            elif not isinstance(pdu, P.DataIn):
+                pdu.stat_sn = self.stat_sn
+            if s is not None:
+                pdu.exp_cmd_sn = s.exp_cmd_sn
+                pdu.max_cmd_sn = s.max_cmd_sn
+        self._out.extend(P.encode(pdu, self.header_digest, self.data_digest))
+
+    def _close(self, reason: str) -> None:
+        if self.phase is not Phase.CLOSING:
+            self.phase = Phase.CLOSING
+            self._events.append(Close(reason))
+
+    def _reject(self, header: bytes, reason: int) -> None:
+        self._send(P.Reject(reason=reason, data=header[:P.BHS_LEN]))
+
+    # -- input -----------------------------------------------------------------------------
+    def receive_data(self, data: P.Buffer) -> None:
+        if self.phase is Phase.CLOSING:
+            return
+        self.reader.feed(data)
+        while self.phase is not Phase.CLOSING:
+            try:
+                pdu = self.reader.next_pdu()
+            except P.PduError as e:
+                log.warning("%s: %s", self.peer_addr[0], e)
+                if e.fatal or self.phase is Phase.LOGIN:
+                    self._close(str(e))
+                    return
+                if e.header and e.header[0] & 0x3F == P.Opcode.SCSI_DATA_OUT:
+                    # §7.8: a Data-Out with a bad digest is discarded; at ERL 0 the task
+                    # cannot recover it, so the connection goes.
+                    self._reject(e.header, e.reason)
+                    self._close(str(e))
+                    return
+                self._reject(e.header, e.reason)
+                continue
+            if pdu is None:
+                return
+            if self.phase is Phase.LOGIN:
+                self._handle_login(pdu)
+            else:
+                self._handle_ffp(pdu)
+
+    # -- login -----------------------------------------------------------------------------
+    def _handle_login(self, pdu: P.Pdu) -> None:
+        if not isinstance(pdu, P.LoginRequest):
+            # §6.1: only Login Requests before full feature phase
+            self._close(f"{pdu.OPCODE.name} during login")
+            return
+        resp = self.login.handle(pdu)
+        self.stat_sn = sn_add(resp.stat_sn, 1)
+        self._out.extend(P.encode(resp))
+        if self.login.failed:
+            self._close(f"login failed {resp.status_class:02x}/{resp.status_detail:02x}")
+        elif self.login.done and self.login.result is not None:
+            self._enter_ffp(self.login.result)
+
+    def _enter_ffp(self, r: LoginResult) -> None:
+        self.cid = r.cid
+        self.stat_sn = r.stat_sn
+        p = r.params
+        s = Session(tsih=r.tsih, isid=r.isid, initiator_name=r.initiator_name,
+                    session_type=r.session_type, target=r.target, params=p,
+                    exp_cmd_sn=r.exp_cmd_sn)
+        if r.target is not None:
+            s.nexus = Nexus(r.initiator_name, r.isid, r.target.iqn, r.target.tpgt)
+        s.connections.append(self)
+        self.session = s
+        # §13.1: digests and the negotiated segment lengths start with the first PDU after
+        # the final Login Response.
+        self.header_digest = self.reader.header_digest = p.header_digest
+        self.data_digest = self.reader.data_digest = p.data_digest
+        self.reader.max_data = p.max_recv_data_segment_length
+        self.max_xmit = p.max_xmit_data_segment_length
+        self.phase = Phase.FULL_FEATURE
+        self._events.append(SessionUp(s))
+
+    # -- full feature phase ----------------------------------------------------------------
+    def _handle_ffp(self, pdu: P.Pdu) -> None:
+        s = self.session
+        assert s is not None
+        if isinstance(pdu, P.DataOut):
+            self._data_out(pdu)
+            return
+        if isinstance(pdu, P.NopOut) and pdu.ttt != P.RESERVED_TAG:
+            # the answer to our ping (§11.18): not numbered
+            if pdu.ttt == self.ping_ttt:
+                self.ping_ttt = None
+            return
+        if isinstance(pdu, P.SnackRequest):
+            # ErrorRecoveryLevel 0: SNACK is not supported (§11.16)
+            self._reject(P.encode_bhs(pdu)[:P.BHS_LEN], P.RejectReason.SNACK_REJECT)
+            return
+        if isinstance(pdu, P.LoginRequest):
+            self._reject(P.encode_bhs(pdu)[:P.BHS_LEN], P.RejectReason.PROTOCOL_ERROR)
+            return
+        if not isinstance(pdu, (P.ScsiCommandPdu, P.NopOut, P.TextRequest, P.LogoutRequest,
+                                P.TaskMgmtRequest)):
+            self._reject(P.encode_bhs(pdu)[:P.BHS_LEN], P.RejectReason.PROTOCOL_ERROR)
+            return
+        cmd_sn: int = pdu.cmd_sn
+        if isinstance(pdu, P.ScsiCommandPdu) and s.session_type != "Normal":
+            # §4.3: a discovery session carries only Text, NOP and Logout
+            self._reject(P.encode_bhs(pdu)[:P.BHS_LEN], P.RejectReason.PROTOCOL_ERROR)
+            return
+        if pdu.immediate:
+            self._deliver(pdu)
+            return
+        # §4.2.2.1: outside [ExpCmdSN, MaxCmdSN] a numbered PDU is silently ignored
+        if not (sn_le(s.exp_cmd_sn, cmd_sn) and sn_le(cmd_sn, s.max_cmd_sn)):
+            log.debug("CmdSN %d outside window [%d, %d]: ignored", cmd_sn, s.exp_cmd_sn,
+                      s.max_cmd_sn)
+            return
+        if cmd_sn in s.pending:
+            return
+        if isinstance(pdu, P.ScsiCommandPdu) and cmd_sn != s.exp_cmd_sn:
+            # hold it; register the task now so unsolicited Data-Out for it can land
+            if self._new_task(pdu) is None:
+                return
+        s.pending[cmd_sn] = pdu
+        while s.exp_cmd_sn in s.pending:
+            nxt = s.pending.pop(s.exp_cmd_sn)
+            s.exp_cmd_sn = sn_add(s.exp_cmd_sn, 1)
+            self._deliver(nxt)
+            if self.phase is Phase.CLOSING:
+                return
+
+    def _deliver(self, pdu: P.Pdu) -> None:
+        if isinstance(pdu, P.ScsiCommandPdu):
+            self._scsi_command(pdu)
+        elif isinstance(pdu, P.NopOut):
+            self._nop_out(pdu)
+        elif isinstance(pdu, P.TextRequest):
+            self._text(pdu)
+        elif isinstance(pdu, P.LogoutRequest):
+            self._logout(pdu)
+        elif isinstance(pdu, P.TaskMgmtRequest):
+            self._tmf(pdu)
+
+    # -- NOP (§11.18, §11.19) --------------------------------------------------------------
+    def _nop_out(self, pdu: P.NopOut) -> None:
+        if pdu.itt == P.RESERVED_TAG:
+            return  # a NOP-Out that asks for no answer
+        self._send(P.NopIn(itt=pdu.itt, ttt=P.RESERVED_TAG, lun=pdu.lun,
+                           data=bytes(pdu.data)[: self.max_xmit]))
+
+    def ping(self, now: float) -> None:
+        """Send a NOP-In asking for a NOP-Out (the server calls this on an idle connection)."""
+        if self.phase is not Phase.FULL_FEATURE or self.ping_ttt is not None:
+            return
+        self.ping_ttt = self._next_ttt()
+        self.ping_sent_at = now
+        self._send(P.NopIn(itt=P.RESERVED_TAG, ttt=self.ping_ttt), new_stat_sn=False)
+
+    def ping_overdue(self, now: float, timeout: float) -> bool:
+        return self.ping_ttt is not None and now - self.ping_sent_at > timeout
+
+    # -- Text (§11.10, §11.11) -------------------------------------------------------------
+    def _text(self, pdu: P.TextRequest) -> None:
+        s = self.session
+        assert s is not None
+        if pdu.ttt != P.RESERVED_TAG:
+            rest = self._text_rest.pop(pdu.ttt, None)
+            if rest is None:
+                self._reject(P.encode_bhs(pdu)[:P.BHS_LEN], P.RejectReason.INVALID_PDU_FIELD)
+                return
+            self._send_text(pdu, rest)
+            return
+        try:
+            pairs = parse_text(bytes(pdu.data))
+        except TextError:
+            self._reject(P.encode_bhs(pdu)[:P.BHS_LEN], P.RejectReason.PROTOCOL_ERROR)
+            return
+        answer = text_exchange(self.model, session_type=s.session_type,
+                               initiator_name=s.initiator_name, target=s.target,
+                               local_addr=self.local_addr, pairs=pairs, params=s.params)
+        self._send_text(pdu, encode_text(answer))
+
+    def _send_text(self, req: P.TextRequest, data: bytes) -> None:
+        limit = self.max_xmit
+        if len(data) > limit:
+            ttt = self._next_ttt()
+            self._text_rest[ttt] = data[limit:]
+            self._send(P.TextResponse(itt=req.itt, lun=req.lun, final=False, cont=True,
+                                      ttt=ttt, data=data[:limit]))
+        else:
+            self._send(P.TextResponse(itt=req.itt, lun=req.lun, final=True, data=data))
+
+    # -- Logout (§11.14, §11.15) -----------------------------------------------------------
+    def _logout(self, pdu: P.LogoutRequest) -> None:
+        s = self.session
+        assert s is not None
+        response = 0
+        if pdu.reason == P.LogoutReason.REMOVE_CONNECTION_FOR_RECOVERY:
+            response = 2  # recovery not supported at ERL 0
+        elif pdu.reason == P.LogoutReason.CLOSE_CONNECTION and pdu.cid != self.cid:
+            response = 1  # CID not found
+        self._send(P.LogoutResponse(itt=pdu.itt, response=response))
+        if response == 0:
+            for t in list(s.tasks.values()):
+                self._abort(t)
+            self._close("logout")
+
+    # -- SCSI commands (§11.3) -------------------------------------------------------------
+    def _new_task(self, pdu: P.ScsiCommandPdu) -> Task | None:
+        s = self.session
+        assert s is not None and s.target is not None
+        if pdu.itt in s.tasks:
+            self._reject(P.encode_bhs(pdu)[:P.BHS_LEN], P.RejectReason.TASK_IN_PROGRESS)
+            return None
+        lun = dispatch.lun_from_wire(pdu.lun)
+        info = dispatch.inspect(s.target.luns, lun, pdu.cdb)
+        t = Task(itt=pdu.itt, cmd_sn=pdu.cmd_sn, immediate=pdu.immediate, lun=lun,
+                 lun_field=pdu.lun, cdb=pdu.cdb, attr=pdu.attr,
+                 expected_length=pdu.expected_length, info=info, write=pdu.write,
+                 read=pdu.read)
+        p = s.params
+        imm = len(pdu.data)
+        if imm and (not pdu.write or not p.immediate_data or imm > p.first_burst_length
+                    or imm > pdu.expected_length):
+            # §13.11 / §4.1: immediate data only when negotiated, within FirstBurstLength
+            self._reject(P.encode_bhs(pdu)[:P.BHS_LEN], P.RejectReason.PROTOCOL_ERROR)
+            return None
+        if pdu.write and pdu.expected_length:
+            t.buffer = bytearray(pdu.expected_length)
+            if imm:
+                t.buffer[:imm] = pdu.data
+            t.received = imm
+            t.unsol_next_offset = imm
+            if p.initial_r2t or pdu.final:
+                t.unsolicited_end = imm
+            else:
+                t.unsolicited_end = min(p.first_burst_length, pdu.expected_length)
+            t.r2t_next_offset = t.unsolicited_end
+        s.tasks[pdu.itt] = t
+        return t
+
+    def _scsi_command(self, pdu: P.ScsiCommandPdu) -> None:
+        s = self.session
+        assert s is not None
+        t = s.tasks.get(pdu.itt)
+        if t is None or t.delivered or t.cmd_sn != pdu.cmd_sn:
+            t = self._new_task(pdu)
+            if t is None:
+                return
+        t.delivered = True
+        if t.write and t.buffer is not None:
+            self._issue_r2ts(t)
+        self._maybe_execute(t)
+
+    def _issue_r2ts(self, t: Task) -> None:
+        s = self.session
+        assert s is not None and t.buffer is not None
+        p = s.params
+        while (t.r2t_next_offset < t.expected_length
+               and len(t.r2ts) < p.max_outstanding_r2t):
+            length = min(p.max_burst_length, t.expected_length - t.r2t_next_offset)
+            r = R2TState(ttt=self._next_ttt(), offset=t.r2t_next_offset, length=length,
+                         next_offset=t.r2t_next_offset)
+            t.r2ts[r.ttt] = r
+            t.r2t_next_offset += length
+            self._send(P.R2T(itt=t.itt, lun=t.lun_field, ttt=r.ttt, r2t_sn=t.r2t_sn,
+                             buffer_offset=r.offset, desired_length=length),
+                       new_stat_sn=False)
+            t.r2t_sn += 1
+
+    def _data_out(self, pdu: P.DataOut) -> None:
+        s = self.session
+        assert s is not None
+        t = s.tasks.get(pdu.itt)
+        header = P.encode_bhs(pdu)[:P.BHS_LEN]
+        if t is None or t.buffer is None or t.executing:
+            self._reject(header, P.RejectReason.INVALID_PDU_FIELD)
+            return
+        n = len(pdu.data)
+        off = pdu.buffer_offset
+        if pdu.ttt == P.RESERVED_TAG:
+            # unsolicited data (§3.2.4.2): in order, within FirstBurstLength
+            ok = (off == t.unsol_next_offset and pdu.data_sn == t.unsol_data_sn
+                  and off + n <= t.unsolicited_end)
+            if not ok:
+                self._protocol_error(t, "bad unsolicited Data-Out")
+                return
+            t.unsol_next_offset += n
+            t.unsol_data_sn += 1
+        else:
+            r = t.r2ts.get(pdu.ttt)
+            if r is None:
+                self._reject(header, P.RejectReason.INVALID_PDU_FIELD)
+                return
+            # DataPDUInOrder=Yes: offsets ascend without gaps; DataSN counts from 0 per R2T
+            if (off != r.next_offset or pdu.data_sn != r.next_data_sn
+                    or off + n > r.offset + r.length):
+                self._protocol_error(t, f"Data-Out DataSN {pdu.data_sn} offset {off} does not"
+                                        f" follow DataSN {r.next_data_sn} offset {r.next_offset}")
+                return
+            r.next_offset += n
+            r.next_data_sn += 1
+            if r.next_offset == r.offset + r.length:
+                del t.r2ts[pdu.ttt]
+        t.buffer[off: off + n] = pdu.data
+        t.received += n
+        if t.delivered and t.r2t_next_offset < t.expected_length:
+            self._issue_r2ts(t)
+        self._maybe_execute(t)
+
+    def _protocol_error(self, t: Task, why: str) -> None:
+        # ERL 0 cannot recover a sequence error in a data transfer (§7.1.4): drop the
+        # connection, which aborts its tasks (§7.14).
+        log.warning("%s: %s (ITT 0x%08x)", self.peer_addr[0], why, t.itt)
+        self._close(why)
+
+    def _maybe_execute(self, t: Task) -> None:
+        if t.delivered and not t.executing and t.data_complete and not t.aborted:
+            s = self.session
+            assert s is not None and s.nexus is not None
+            t.executing = True
+            data_out = None
+            if t.buffer is not None:
+                data_out = memoryview(t.buffer)
+            t.command = ScsiCommand(cdb=t.cdb, nexus=s.nexus, lun=t.lun, data_out=data_out,
+                                   expected_length=t.expected_length, task_attr=t.attr,
+                                   tag=t.itt)
+            self._events.append(ExecuteTask(t))
+
+    def task_done(self, t: Task, result: ScsiResult) -> None:
+        """The server reports a finished SCSI task: send Data-In and/or SCSI Response."""
+        s = self.session
+        if s is None or s.tasks.get(t.itt) is not t or t.aborted:
+            return
+        del s.tasks[t.itt]
+        if self.phase is Phase.CLOSING:
+            return
+        self._respond(t, result)
+        # the response carries the MaxCmdSN this completion opened (§4.2.2.1)
+
+    def _respond(self, t: Task, r: ScsiResult) -> None:
+        edtl = t.expected_length
+        status = int(r.status)
+        data = r.data
+        dlen = data.nbytes if isinstance(data, memoryview) else len(data)
+        xfer = r.transfer_length
+        if xfer is None:
+            xfer = dlen if t.info.direction == Direction.READ else 0
+        # §11.4.5.1: residuals compare EDTL with what the command would move
+        overflow = underflow = False
+        residual = 0
+        if status == Status.GOOD or t.info.direction != Direction.NONE or edtl:
+            if xfer > edtl:
+                overflow, residual = True, xfer - edtl
+            elif xfer < edtl:
+                underflow, residual = True, edtl - xfer
+        send_len = min(dlen, edtl) if t.read else 0
+        if send_len:
+            mv = data if isinstance(data, memoryview) else memoryview(data)
+            self._send_data_in(t, mv[:send_len], status, r.sense, overflow, underflow,
+                               residual)
+            if status == Status.GOOD and not r.sense:
+                return
+        self._send(P.ScsiResponse(itt=t.itt, status=status, overflow=overflow,
+                                  underflow=underflow, residual=residual,
+                                  data=(len(r.sense).to_bytes(2, "big") + r.sense)
+                                  if r.sense else b""))
+
+    def _send_data_in(self, t: Task, data: memoryview, status: int, sense: bytes,
+                      overflow: bool, underflow: bool, residual: int) -> None:
+        s = self.session
+        assert s is not None
+        seg = self.max_xmit
+        burst = s.params.max_burst_length
+        total = data.nbytes
+        fold = status == Status.GOOD and not sense  # §11.7.4: status in the last Data-In
+        data_sn = 0
+        off = 0
+        while off < total:
+            n = min(seg, total - off, burst - off % burst)
+            last = off + n >= total
+            end_of_burst = last or (off + n) % burst == 0
+            pdu = P.DataIn(itt=t.itt, lun=t.lun_field, data_sn=data_sn, buffer_offset=off,
+                           final=end_of_burst, data=data[off: off + n])
+            if last and fold:
+                pdu.has_status = True
+                pdu.status = status
+                pdu.overflow, pdu.underflow, pdu.residual = overflow, underflow, residual
+                self._send(pdu)
+            else:
+                self._send(pdu, new_stat_sn=False)
+            data_sn += 1
+            off += n
+
+    # -- task management (§11.5, §11.6) ----------------------------------------------------
+    def _abort(self, t: Task) -> None:
+        s = self.session
+        assert s is not None
+        t.aborted = True
+        s.tasks.pop(t.itt, None)
+        if t.executing:
+            self._events.append(CancelTask(t))
+
+    def abort_matching(self, lun: int | None) -> None:
+        """Abort every task of this connection's session on ``lun`` (None: all)."""
+        s = self.session
+        if s is None:
+            return
+        for t in list(s.tasks.values()):
+            if lun is None or t.lun == lun:
+                self._abort(t)
+
+    def _tmf(self, pdu: P.TaskMgmtRequest) -> None:
+        s = self.session
+        assert s is not None
+        fn = pdu.function
+        R = P.TmfResponse
+        if s.session_type != "Normal" or s.target is None:
+            self._tmf_reply(pdu, R.REJECTED)
+            return
+        lun = dispatch.lun_from_wire(pdu.lun)
+        needs_lun = fn in (P.TmfFunction.ABORT_TASK, P.TmfFunction.ABORT_TASK_SET,
+                           P.TmfFunction.CLEAR_TASK_SET, P.TmfFunction.LOGICAL_UNIT_RESET,
+                           P.TmfFunction.CLEAR_ACA)
+        if needs_lun and lun not in s.target.luns:
+            self._tmf_reply(pdu, R.LUN_DOES_NOT_EXIST)
+            return
+        if fn == P.TmfFunction.ABORT_TASK:
+            t = s.tasks.get(pdu.referenced_task_tag)
+            if t is None:
+                # §11.5.1: a task already answered, or never seen below CmdSN, is "complete"
+                resp = (R.COMPLETE if sn_lt(pdu.ref_cmd_sn, s.exp_cmd_sn)
+                        else R.TASK_DOES_NOT_EXIST)
+                self._tmf_reply(pdu, resp)
+                return
+            if t.lun != lun:
+                self._tmf_reply(pdu, R.TASK_DOES_NOT_EXIST)
+                return
+            self._abort(t)
+            self._tmf_reply(pdu, R.COMPLETE)
+        elif fn == P.TmfFunction.ABORT_TASK_SET:
+            self.abort_matching(lun)
+            self._tmf_reply(pdu, R.COMPLETE)
+        elif fn == P.TmfFunction.CLEAR_ACA:
+            self._tmf_reply(pdu, R.COMPLETE)  # we never establish ACA (NACA=0 only)
+        elif fn in (P.TmfFunction.CLEAR_TASK_SET, P.TmfFunction.LOGICAL_UNIT_RESET):
+            self._events.append(Reset(fn, s.target, lun, pdu))
+        elif fn in (P.TmfFunction.TARGET_WARM_RESET, P.TmfFunction.TARGET_COLD_RESET):
+            self._events.append(Reset(fn, s.target, None, pdu))
+        elif fn == P.TmfFunction.TASK_REASSIGN:
+            self._tmf_reply(pdu, R.REASSIGNMENT_NOT_SUPPORTED)
+        else:
+            self._tmf_reply(pdu, R.NOT_SUPPORTED)
+
+    def _tmf_reply(self, pdu: P.TaskMgmtRequest, response: int) -> None:
+        self._send(P.TaskMgmtResponse(itt=pdu.itt, response=response))
+
+    def tmf_done(self, request: P.TaskMgmtRequest, response: int) -> None:
+        if self.phase is Phase.CLOSING:
+            return
+        self._tmf_reply(request, response)
+        if request.function == P.TmfFunction.TARGET_COLD_RESET:
+            # §11.5.1: a cold reset drops every connection of the target, this one too
+            self._close("target cold reset")
+
+    # -- teardown --------------------------------------------------------------------------
+    def connection_lost(self) -> list[Task]:
+        """The transport is gone: abort everything; returns tasks still executing."""
+        self.phase = Phase.CLOSING
+        s = self.session
+        running: list[Task] = []
+        if s is None:
+            return running
+        for t in list(s.tasks.values()):
+            t.aborted = True
+            if t.executing:
+                running.append(t)
+        s.tasks.clear()
+        s.pending.clear()
+        if self in s.connections:
+            s.connections.remove(self)
+        if not s.connections:
+            self.registry.remove(s)
+        return running
+
