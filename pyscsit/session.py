@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -18,6 +19,9 @@ from pyscsit import pdu as P
 from pyscsit.login import LoginMachine, LoginResult, text_exchange
 from pyscsit.keys import OperationalParams, TextError, encode_text, parse_text
 from pyscsit.scsi import dispatch
+from pyscsit.scsi.sense import (
+    DataOffsetError, DataPhaseError, ProtocolServiceCrcError, SenseError,
+)
 from pyscsit.scsi.task import CdbInfo, Direction, Nexus, ScsiCommand, ScsiResult, Status
 from pyscsit.target import Model, Target
 
@@ -39,6 +43,11 @@ def sn_le(a: int, b: int) -> bool:
 
 def sn_add(a: int, n: int) -> int:
     return (a + n) & 0xFFFFFFFF
+
+
+def _sense_segment(sense: bytes) -> bytes:
+    """The data segment of a SCSI Response: SenseLength, then the sense data (§11.4.7)."""
+    return len(sense).to_bytes(2, "big") + sense if sense else b""
 
 
 # -- events for the server loop ------------------------------------------------------------------
@@ -107,6 +116,7 @@ class Task:
     read: bool
     buffer: bytearray | None = None
     received: int = 0
+    wanted: int = 0  # bytes of Data-Out the task waits for
     unsolicited_end: int = 0  # data below this offset comes unsolicited
     unsol_next_offset: int = 0
     unsol_data_sn: int = 0
@@ -121,7 +131,7 @@ class Task:
 
     @property
     def data_complete(self) -> bool:
-        return not self.write or self.received >= self.expected_length
+        return self.buffer is None or self.received >= self.wanted
 
 
 # -- sessions ------------------------------------------------------------------------------------
@@ -211,6 +221,7 @@ class Connection:
         self._ttt = itertools.count(1)
         self._text_rest: dict[int, bytes] = {}  # TTT -> the rest of a long Text response
         self.ping_ttt: int | None = None
+        self._dead_itts: deque[int] = deque(maxlen=64)  # tasks whose Data-Out failed
         self.ping_sent_at = 0.0
 
     # -- plumbing --------------------------------------------------------------------------
@@ -262,13 +273,15 @@ class Connection:
                 if e.fatal or self.phase is Phase.LOGIN:
                     self._close(str(e))
                     return
-                if e.header and e.header[0] & 0x3F == P.Opcode.SCSI_DATA_OUT:
-                    # §7.8: a Data-Out with a bad digest is discarded; at ERL 0 the task
-                    # cannot recover it, so the connection goes.
-                    self._reject(e.header, e.reason)
-                    self._close(str(e))
-                    return
                 self._reject(e.header, e.reason)
+                if (e.header and e.header[0] & 0x3F == P.Opcode.SCSI_DATA_OUT
+                        and self.session is not None):
+                    # §7.8: a Data-Out with a bad data digest is discarded; at ERL 0 no
+                    # recovery R2T, so its task ends with PROTOCOL SERVICE CRC ERROR.
+                    itt = int.from_bytes(e.header[16:20], "big")
+                    t = self.session.tasks.get(itt)
+                    if t is not None and not t.executing:
+                        self._fail_transfer(t, ProtocolServiceCrcError(), str(e))
                 continue
             if pdu is None:
                 return
@@ -468,6 +481,10 @@ class Connection:
             else:
                 t.unsolicited_end = min(p.first_burst_length, pdu.expected_length)
             t.r2t_next_offset = t.unsolicited_end
+            # Solicit only what the CDB will use (§11.4.5.1 underflow); a command that
+            # will fail without data (unknown opcode, missing LU) gets none solicited.
+            t.wanted = max(t.unsolicited_end, min(pdu.expected_length,
+                                                  info.transfer_length))
         s.tasks[pdu.itt] = t
         return t
 
@@ -488,9 +505,8 @@ class Connection:
         s = self.session
         assert s is not None and t.buffer is not None
         p = s.params
-        while (t.r2t_next_offset < t.expected_length
-               and len(t.r2ts) < p.max_outstanding_r2t):
-            length = min(p.max_burst_length, t.expected_length - t.r2t_next_offset)
+        while t.r2t_next_offset < t.wanted and len(t.r2ts) < p.max_outstanding_r2t:
+            length = min(p.max_burst_length, t.wanted - t.r2t_next_offset)
             r = R2TState(ttt=self._next_ttt(), offset=t.r2t_next_offset, length=length,
                          next_offset=t.r2t_next_offset)
             t.r2ts[r.ttt] = r
@@ -506,6 +522,8 @@ class Connection:
         t = s.tasks.get(pdu.itt)
         header = P.encode_bhs(pdu)[:P.BHS_LEN]
         if t is None or t.buffer is None or t.executing:
+            if t is None and pdu.itt in self._dead_itts:
+                return  # the rest of a transfer that already failed
             self._reject(header, P.RejectReason.INVALID_PDU_FIELD)
             return
         n = len(pdu.data)
@@ -515,7 +533,11 @@ class Connection:
             ok = (off == t.unsol_next_offset and pdu.data_sn == t.unsol_data_sn
                   and off + n <= t.unsolicited_end)
             if not ok:
-                self._protocol_error(t, "bad unsolicited Data-Out")
+                self._fail_transfer(t, DataOffsetError() if off != t.unsol_next_offset
+                                    else DataPhaseError(),
+                                    f"unsolicited Data-Out DataSN {pdu.data_sn} offset {off}"
+                                    f" does not follow DataSN {t.unsol_data_sn} offset"
+                                    f" {t.unsol_next_offset}")
                 return
             t.unsol_next_offset += n
             t.unsol_data_sn += 1
@@ -527,8 +549,10 @@ class Connection:
             # DataPDUInOrder=Yes: offsets ascend without gaps; DataSN counts from 0 per R2T
             if (off != r.next_offset or pdu.data_sn != r.next_data_sn
                     or off + n > r.offset + r.length):
-                self._protocol_error(t, f"Data-Out DataSN {pdu.data_sn} offset {off} does not"
-                                        f" follow DataSN {r.next_data_sn} offset {r.next_offset}")
+                self._fail_transfer(t, DataOffsetError() if pdu.data_sn == r.next_data_sn
+                                    else DataPhaseError(),
+                                    f"Data-Out DataSN {pdu.data_sn} offset {off} does not"
+                                    f" follow DataSN {r.next_data_sn} offset {r.next_offset}")
                 return
             r.next_offset += n
             r.next_data_sn += 1
@@ -536,15 +560,23 @@ class Connection:
                 del t.r2ts[pdu.ttt]
         t.buffer[off: off + n] = pdu.data
         t.received += n
-        if t.delivered and t.r2t_next_offset < t.expected_length:
+        if t.delivered and t.r2t_next_offset < t.wanted:
             self._issue_r2ts(t)
         self._maybe_execute(t)
 
-    def _protocol_error(self, t: Task, why: str) -> None:
-        # ERL 0 cannot recover a sequence error in a data transfer (§7.1.4): drop the
-        # connection, which aborts its tasks (§7.14).
-        log.warning("%s: %s (ITT 0x%08x)", self.peer_addr[0], why, t.itt)
-        self._close(why)
+    def _fail_transfer(self, t: Task, error: SenseError, why: str) -> None:
+        """A Data-Out sequence error. ERL 0 cannot recover the sequence (§7.1.4), but nothing
+        of the task has reached the medium yet, so only the task fails: CHECK CONDITION with
+        ABORTED COMMAND (§11.4.7.2), and the rest of its Data-Out is dropped quietly. Other
+        tasks and the connection carry on."""
+        s = self.session
+        assert s is not None
+        log.warning("%s: %s (ITT 0x%08x): task failed", self.peer_addr[0], why, t.itt)
+        t.aborted = True
+        s.tasks.pop(t.itt, None)
+        self._dead_itts.append(t.itt)
+        self._send(P.ScsiResponse(itt=t.itt, status=Status.CHECK_CONDITION,
+                                  data=_sense_segment(error.encode())))
 
     def _maybe_execute(self, t: Task) -> None:
         if t.delivered and not t.executing and t.data_complete and not t.aborted:
@@ -553,7 +585,7 @@ class Connection:
             t.executing = True
             data_out = None
             if t.buffer is not None:
-                data_out = memoryview(t.buffer)
+                data_out = memoryview(t.buffer)[: t.received]
             t.command = ScsiCommand(cdb=t.cdb, nexus=s.nexus, lun=t.lun, data_out=data_out,
                                    expected_length=t.expected_length, task_attr=t.attr,
                                    tag=t.itt)
@@ -595,8 +627,7 @@ class Connection:
                 return
         self._send(P.ScsiResponse(itt=t.itt, status=status, overflow=overflow,
                                   underflow=underflow, residual=residual,
-                                  data=(len(r.sense).to_bytes(2, "big") + r.sense)
-                                  if r.sense else b""))
+                                  data=_sense_segment(r.sense)))
 
     def _send_data_in(self, t: Task, data: memoryview, status: int, sense: bytes,
                       overflow: bool, underflow: bool, residual: int) -> None:

@@ -208,3 +208,21 @@ UA_NEXUS_LOSS = (0x29, 0x07)  # I_T NEXUS LOSS OCCURRED
 UA_CAPACITY_CHANGED = (0x2A, 0x09)  # CAPACITY DATA HAS CHANGED
 
 NO_SENSE = Sense(SenseKey.NO_SENSE, 0, 0)
+
+
+# --- ABORTED COMMAND (Bh): transport failures the iSCSI layer reports (RFC 7143 §11.4.7.2) ---
+
+
+class DataPhaseError(SenseError):
+    key = SenseKey.ABORTED_COMMAND
+    asc, ascq = 0x4B, 0x00  # DATA PHASE ERROR
+
+
+class DataOffsetError(SenseError):
+    key = SenseKey.ABORTED_COMMAND
+    asc, ascq = 0x4B, 0x05  # DATA OFFSET ERROR
+
+
+class ProtocolServiceCrcError(SenseError):
+    key = SenseKey.ABORTED_COMMAND
+    asc, ascq = 0x47, 0x05  # PROTOCOL SERVICE CRC ERROR (a Data-Out data digest error)
