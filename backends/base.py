@@ -5,6 +5,8 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 
+_PATTERN_CHUNK = 1 << 20  # bytes per write when repeating a pattern
+
 
 class BackendError(Exception):
     """An I/O failure the SCSI layer turns into MEDIUM ERROR / HARDWARE ERROR sense."""
@@ -55,7 +57,32 @@ class Backend(abc.ABC):
     async def unmap(self, offset: int, length: int) -> None:
         raise BackendError("unmap not supported")
 
+    async def write_zeroes(self, offset: int, length: int, *, deallocate: bool = False) -> None:
+        """Make the range read back as zeros (WRITE SAME with a zero block, SANITIZE).
+
+        With ``deallocate`` the range may be unmapped instead of written, when unmapped
+        blocks read back as zeros; without it the range stays mapped. Stores with a cheaper
+        way (fallocate ZERO_RANGE, BLKZEROOUT) override this.
+        """
+        if deallocate and self.supports_unmap and self.unmap_reads_zeros:
+            await self.unmap(offset, length)
+            return
+        await self.write_pattern(offset, length, bytes(4096))
+
+    async def write_pattern(self, offset: int, length: int, pattern: bytes) -> None:
+        """Write ``pattern`` over and over across the range; ``length`` is a multiple of
+        ``len(pattern)``. Written a chunk at a time, so memory stays bounded."""
+        reps = max(1, _PATTERN_CHUNK // len(pattern))
+        chunk = memoryview(pattern * reps)
+        end = offset + length
+        while offset < end:
+            n = min(len(chunk), end - offset)
+            await self.write(offset, chunk[:n])
+            offset += n
+
     async def lba_status(self, offset: int, length: int) -> list[Extent]:
+        """Mapped/deallocated runs from ``offset``, in order, at least one. A backend may stop
+        early (bounded work on a fragmented store): the runs then end before offset+length."""
         return [Extent(offset, length, True)]
 
     def close(self) -> None:  # noqa: B027 - optional hook

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
+_MAX_EXTENTS = 4096  # per lba_status call
 _WORKERS = 4
 
 _RWF_NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)
@@ -52,6 +54,7 @@ class FileBackend(Backend):
         self._pool: ThreadPoolExecutor | None = None
         self._nowait = _RWF_NOWAIT
         self._nowait_write = _RWF_NOWAIT
+        self._zero_range = True
         self._closed = False
 
     @classmethod
@@ -212,18 +215,45 @@ class FileBackend(Backend):
             err = ctypes.get_errno()
             raise BackendError(f"{self.path}: punch hole: {os.strerror(err)}")
 
+    async def write_zeroes(self, offset: int, length: int, *, deallocate: bool = False) -> None:
+        if self.read_only:
+            raise BackendError(f"{self.path}: read-only")
+        if not length:
+            return
+        if deallocate and self.supports_unmap:
+            await self._run(self._punch, offset, length)
+            return
+        # ZERO_RANGE keeps the range allocated (unwritten extents) without writing it.
+        if _fallocate is not None and self._zero_range:
+            ok = await self._run(self._zero, offset, length)
+            if ok:
+                return
+        await super().write_zeroes(offset, length)
+
+    def _zero(self, offset: int, length: int) -> bool:
+        assert _fallocate is not None
+        mode = FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE
+        if _fallocate(self._fd, mode, offset, length) == 0:
+            return True
+        err = ctypes.get_errno()
+        if err in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            self._zero_range = False  # filesystem without ZERO_RANGE: write zeros instead
+            return False
+        raise BackendError(f"{self.path}: zero range: {os.strerror(err)}")
+
     async def lba_status(self, offset: int, length: int) -> list[Extent]:
         result = await self._run(self._scan, offset, length)
         assert isinstance(result, list)
         return result
 
     def _scan(self, offset: int, length: int) -> list[Extent]:
-        """Mapped/unmapped runs of [offset, offset+length) via SEEK_DATA / SEEK_HOLE."""
+        """Mapped/unmapped runs of [offset, offset+length) via SEEK_DATA / SEEK_HOLE; at most
+        _MAX_EXTENTS of them, so a badly fragmented file costs bounded work."""
         end = offset + length
         out: list[Extent] = []
         pos = offset
         try:
-            while pos < end:
+            while pos < end and len(out) < _MAX_EXTENTS:
                 try:
                     data = os.lseek(self._fd, pos, os.SEEK_DATA)
                 except OSError as exc:

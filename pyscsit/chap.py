@@ -15,11 +15,17 @@ import hmac
 import secrets
 from collections.abc import Callable, Mapping
 from enum import Enum, IntEnum
+from typing import TYPE_CHECKING
 
 from pyscsit.keys import REJECT, parse_number
 from pyscsit.target import Chap
 
+if TYPE_CHECKING:
+    from pyscsit.acl import LoginGuard
+
 MAX_BINARY_LEN = 1024  # §12.1.3: CHAP_C and CHAP_R decode to at most 1024 bytes
+MIN_CHALLENGE_LEN = 16  # ours and the initiator's: shorter ones make precomputation cheap
+MAX_NAME_LEN = 255  # CHAP_N: more than any real user name, bounded for logs and compares
 
 
 class ChapError(Exception):
@@ -44,6 +50,11 @@ class ChapAlgorithm(IntEnum):
 _HASH_NAMES = {ChapAlgorithm.MD5: "md5", ChapAlgorithm.SHA1: "sha1",
                ChapAlgorithm.SHA256: "sha256", ChapAlgorithm.SHA3_256: "sha3_256"}
 
+#: the names config files use (`chap_algorithms: [SHA-256, SHA3-256]`)
+ALGORITHM_NAMES: dict[str, ChapAlgorithm] = {
+    "MD5": ChapAlgorithm.MD5, "SHA-1": ChapAlgorithm.SHA1,
+    "SHA-256": ChapAlgorithm.SHA256, "SHA3-256": ChapAlgorithm.SHA3_256}
+
 # What the target accepts, strongest first (the order we would propose in, were we to offer).
 DEFAULT_ALGORITHMS: tuple[ChapAlgorithm, ...] = (
     ChapAlgorithm.SHA3_256, ChapAlgorithm.SHA256, ChapAlgorithm.SHA1, ChapAlgorithm.MD5)
@@ -61,6 +72,8 @@ def chap_response(algorithm: ChapAlgorithm, identifier: int, secret: bytes,
 
 def decode_binary(value: str) -> bytes:
     """A §6.1 binary value: 0x/0X hex or 0b/0B base64. Anything else is an auth failure."""
+    if len(value) > 2 + 2 * MAX_BINARY_LEN:  # longer than any valid encoding: don't decode
+        raise ChapError("binary value of bad length")
     prefix, body = value[:2], value[2:]
     try:
         if prefix in ("0x", "0X"):
@@ -93,16 +106,20 @@ class ChapAuthenticator:
 
     ``step(keys)`` takes the CHAP_* keys of one request and returns the keys to answer with;
     any failure raises ChapError. ``done`` turns True once the initiator is authenticated
-    (and, if it asked, the target has answered its challenge).
+    (and, if it asked, the target has answered its challenge). With a ``guard``, every
+    challenge issued is remembered there, and a mutual-CHAP challenge equal to any of them
+    (issued on this connection or another) is refused as a reflection.
     """
 
     def __init__(self, chap: Chap, mutual: Chap | None = None, *,
                  algorithms: tuple[ChapAlgorithm, ...] = DEFAULT_ALGORITHMS,
-                 token_bytes: Callable[[int], bytes] = secrets.token_bytes) -> None:
+                 token_bytes: Callable[[int], bytes] = secrets.token_bytes,
+                 guard: LoginGuard | None = None) -> None:
         self._chap = chap
         self._mutual = mutual
-        self._algorithms = algorithms
+        self._algorithms = algorithms or DEFAULT_ALGORITHMS
         self._token_bytes = token_bytes
+        self._guard = guard
         self._state = _State.AWAIT_ALGORITHM
         self._algorithm = ChapAlgorithm.MD5
         self._identifier = 0
@@ -148,8 +165,10 @@ class ChapAuthenticator:
                             if offered != REJECT else "CHAP_A rejected")
         self._algorithm = chosen
         self._identifier = self._token_bytes(1)[0]
-        # At least 16 bytes, and no shorter than the digest.
-        self._challenge = self._token_bytes(max(16, chosen.digest_size))
+        # From `secrets`; at least 16 bytes, and no shorter than the digest.
+        self._challenge = self._token_bytes(max(MIN_CHALLENGE_LEN, chosen.digest_size))
+        if self._guard is not None:
+            self._guard.issued(self._challenge)
         self._state = _State.AWAIT_RESPONSE
         return [("CHAP_A", str(chosen.value)), ("CHAP_I", str(self._identifier)),
                 ("CHAP_C", encode_hex(self._challenge))]
@@ -160,7 +179,12 @@ class ChapAuthenticator:
             raise ChapError("expected CHAP_N and CHAP_R")
         if ("CHAP_I" in keys) != ("CHAP_C" in keys):
             raise ChapError("mutual CHAP needs both CHAP_I and CHAP_C")
+        if not keys["CHAP_N"] or len(keys["CHAP_N"].encode()) > MAX_NAME_LEN:
+            raise ChapError("CHAP_N of bad length")
         got = decode_binary(keys["CHAP_R"])
+        if len(got) != self._algorithm.digest_size:  # RFC 1994 §4.1: one digest, exactly
+            raise ChapError(f"CHAP_R of {len(got)} bytes; {self._algorithm.name} gives "
+                            f"{self._algorithm.digest_size}")
         want = chap_response(self._algorithm, self._identifier,
                              self._chap.secret.encode(), self._challenge)
         # Compare both in constant time, and both always, so timing tells nothing.
@@ -178,13 +202,18 @@ class ChapAuthenticator:
         mutual = self._mutual
         if mutual is None:
             raise ChapError("initiator asked for mutual CHAP; target has no credentials")
-        ident = parse_number(chap_i)
+        ident = parse_number(chap_i)  # §12.1.3: a number, 0..255 (decimal or 0x hex)
         if ident is None or ident > 255:
             raise ChapError("bad CHAP_I")
         challenge = decode_binary(chap_c)
-        # §12.1.3: a challenge equal to ours is a reflection attack.
-        if hmac.compare_digest(challenge, self._challenge):
-            raise ChapError("mutual CHAP challenge reflects the target's challenge")
+        if len(challenge) < MIN_CHALLENGE_LEN:
+            raise ChapError(f"mutual CHAP challenge of {len(challenge)} bytes (at least "
+                            f"{MIN_CHALLENGE_LEN})")
+        # §12.1.3: a challenge equal to one we issued is a reflection attack, whether it
+        # was issued here or on another connection (which may be the attacker's own).
+        if hmac.compare_digest(challenge, self._challenge) or (
+                self._guard is not None and self._guard.was_issued(challenge)):
+            raise ChapError("mutual CHAP challenge reflects a challenge the target issued")
         # §12.1.3: a secret authenticating initiators must not authenticate targets.
         if hmac.compare_digest(mutual.secret.encode(), self._chap.secret.encode()):
             raise ChapError("mutual CHAP secret equals the initiator's secret")

@@ -1,6 +1,7 @@
 """The `pyscsit` command.
 
     pyscsit serve [--config FILE] [--log-level LEVEL]
+    pyscsit lun create|snapshot|clone|resize|delete --config FILE ...   (lun_cli.py)
     pyscsit --version
 
 Exit status: 0 after a clean stop (SIGTERM/SIGINT), 2 for a usage or config error (one line on
@@ -15,7 +16,9 @@ import sys
 from collections.abc import Callable, Sequence
 
 from pyscsit import __version__
-from pyscsit.config import ConfigError, build_model, default_config, load_config
+from pyscsit.config import (
+    ConfigError, ServerConfig, build_model, default_config, load_config, server_options,
+)
 from pyscsit.target import Chap, Model, Portal
 
 EXIT_OK = 0
@@ -45,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", metavar="LEVEL", default="info",
                        type=str.lower, choices=LOG_LEVELS,
                        help=f"one of {', '.join(LOG_LEVELS)} (default: info)")
+    from pyscsit import lun_cli
+
+    lun_cli.add_parser(commands)
     return parser
 
 
@@ -84,11 +90,15 @@ def _default_banner(model: Model, chap: Chap) -> Ready:
     return ready
 
 
-def _serve_forever(model: Model, ready: Ready | None) -> None:
+def _serve_forever(model: Model, ready: Ready | None, cfg: ServerConfig,
+                   config_path: str | None = None) -> None:
     # Imported here: `--version` and config errors must not need the protocol layers.
     from pyscsit import server
+    from pyscsit.reload import live_config
 
-    server.run(model, ready=ready)
+    # With a config file: pid file + SIGHUP reload, which `pyscsit lun ...` uses (reload.py).
+    attach = live_config(cfg, config_path) if config_path is not None else None
+    server.run(model, ready=ready, options=server_options(cfg), attach=attach)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -105,7 +115,7 @@ def _serve(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     ready = _default_banner(model, chap) if chap is not None else None
     try:
-        _serve_forever(model, ready)
+        _serve_forever(model, ready, cfg, config_path=args.config)
     except OSError as e:  # e.g. EADDRINUSE / EACCES when binding a portal
         print(f"pyscsit: cannot serve: {e.strerror or e}", file=sys.stderr)
         return EXIT_FAILED
@@ -119,6 +129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print("pyscsit: a command is required (try: pyscsit serve)", file=sys.stderr)
         return EXIT_CONFIG
+    if args.command == "lun":
+        from pyscsit import lun_cli
+
+        return lun_cli.main(args)
     try:
         return _serve(args)
     except KeyboardInterrupt:  # Ctrl-C before the server installed its own handler

@@ -3,17 +3,25 @@
 Sans-IO: ``LoginMachine.handle(LoginRequest) -> LoginResponse``, one response per request,
 including the empty ones that acknowledge or pull Continue PDUs (§6.7). The server sends the
 response, closes the connection when ``failed``, and hands ``result`` to the session layer
-once ``done``. A login timeout is the server's job.
+once ``done``. A login timeout is the server's job, and so is waiting: after a response
+whose verdict the failed-login back-off holds back, ``take_delay()`` says how many seconds the
+server waits before sending it.
+
+Access control happens on the first complete text, once InitiatorName and TargetName are
+known: a target not offered on the portal the connection came in through is "not found"
+(02/03: §11.13.5, "does not exist at this address"); an initiator the target does not list is
+"not authorized" (02/02). Failed logins are logged at warning level, never with a secret.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import IntEnum
 
-from pyscsit.chap import ChapAuthenticator, ChapError
+from pyscsit.chap import DEFAULT_ALGORITHMS, ChapAlgorithm, ChapAuthenticator, ChapError
 from pyscsit.keys import (
     IRRELEVANT,
     KEYS,
@@ -33,6 +41,8 @@ from pyscsit.keys import (
 )
 from pyscsit.pdu import LoginRequest, LoginResponse
 from pyscsit.target import Auth, Model, Target
+
+log = logging.getLogger("pyscsit.login")
 
 SECURITY_STAGE = 0  # §11.12.3 stage codes
 OPERATIONAL_STAGE = 1
@@ -127,6 +137,8 @@ class LoginMachine:
         self._chap: ChapAuthenticator | None = None
         self._declared_mrdsl: int | None = None
         self._tpgt_sent = False
+        self._target_name = ""  # as asked for, for log lines
+        self._delay = 0.0
         self.done = False
         self.failed = False
         self.result: LoginResult | None = None
@@ -138,11 +150,35 @@ class LoginMachine:
         try:
             return self._handle(req)
         except LoginFailure as exc:
-            return self._failure(req, exc.status)
-        except (TextError, NegotiationError):
-            return self._failure(req, LoginStatus.INITIATOR_ERROR)
-        except ChapError:
-            return self._failure(req, LoginStatus.AUTHENTICATION_FAILURE)
+            status, why = exc.status, str(exc)
+        except (TextError, NegotiationError) as exc:
+            status, why = LoginStatus.INITIATOR_ERROR, str(exc)
+        except ChapError as exc:
+            status, why = LoginStatus.AUTHENTICATION_FAILURE, str(exc)
+        self._refused(status, why)
+        return self._failure(req, status)
+
+    def take_delay(self) -> float:
+        """Seconds the server waits before sending the response just returned (back-off);
+        reading it clears it."""
+        delay, self._delay = self._delay, 0.0
+        return delay
+
+    def _refused(self, status: LoginStatus, why: str) -> None:
+        """Log a failed login, and hold back an authentication or authorization failure by
+        the back-off of its initiator name and source address."""
+        where = self._target_name or ("discovery" if self._session_type == "Discovery"
+                                      else "?")
+        held = ""
+        if status in (LoginStatus.AUTHENTICATION_FAILURE, LoginStatus.AUTHORIZATION_FAILURE):
+            self._delay = self.model.guard.failed(self._initiator_name, self.peer_addr[0])
+            held = f"; answer held {self._delay:.1f}s" if self._delay else ""
+        # ChapError and LoginFailure texts never hold a secret; names are the peer's, so
+        # they are shown escaped.
+        log.warning("login refused %02x/%02x (%s): initiator %r from %s to %r: %s%s",
+                    status.status_class, status.status_detail, status.name.lower(),
+                    self._initiator_name or "?", self.peer_addr[0], where,
+                    _printable(why), held)
 
     def _handle(self, req: LoginRequest) -> LoginResponse:
         self._check_header(req)
@@ -218,11 +254,21 @@ class LoginMachine:
             iqn = keys.get("TargetName", "")
             if not iqn:
                 raise LoginFailure(LoginStatus.MISSING_PARAMETER, "no TargetName")
+            self._target_name = iqn
             target = self.model.target(iqn)
             if target is None:
                 raise LoginFailure(LoginStatus.NOT_FOUND, "no such target")
+            if not target.on_portal(self.model.portals, self.local_addr):
+                # §11.13.5 02/03: "does not exist at this address"
+                raise LoginFailure(LoginStatus.NOT_FOUND,
+                                   f"target not offered on {self.local_addr[0]}:"
+                                   f"{self.local_addr[1]}")
+            if not target.allows(name):
+                raise LoginFailure(LoginStatus.AUTHORIZATION_FAILURE,
+                                   "initiator not in the target's initiators")
             self._target = target
-            self._auth = target.auth
+            self._auth = target.auth_for(name)
+            self._require_digests(target)
         else:
             self._auth = self.model.discovery_auth
         if req.tsih != 0:
@@ -240,6 +286,7 @@ class LoginMachine:
         # Operational keys in the security stage are answered too (LIO refuses them; the
         # RFC's stage rules are about when they take effect, which is the same here).
         answer = self._neg.respond(other)
+        self._check_digests(answer, final=False)
         chap_keys: dict[str, str] = {}
         for k, v in sec:
             if k == "AuthMethod":
@@ -251,7 +298,12 @@ class LoginMachine:
         if chap_keys:
             if self._chap is None:
                 raise LoginFailure(LoginStatus.INITIATOR_ERROR, "CHAP keys without CHAP")
+            was_done = self._chap.done
             answer += self._chap.step(chap_keys)
+            if self._chap.done and not was_done:
+                # The verdict of a name/address that failed lately waits like a failure's.
+                self._delay = self.model.guard.succeeded(self._initiator_name,
+                                                         self.peer_addr[0])
         transit = False
         if req.final:
             if self._auth_method is None:
@@ -273,7 +325,10 @@ class LoginMachine:
             if "CHAP" not in methods:
                 raise LoginFailure(LoginStatus.AUTHENTICATION_FAILURE, "CHAP required")
             self._auth_method = "CHAP"
-            self._chap = ChapAuthenticator(chap, self._auth.mutual_chap)
+            algorithms = tuple(ChapAlgorithm(n) for n in self.model.chap_algorithms)
+            self._chap = ChapAuthenticator(chap, self._auth.mutual_chap,
+                                           algorithms=algorithms or DEFAULT_ALGORITHMS,
+                                           guard=self.model.guard)
         else:
             if "None" not in methods:
                 raise LoginFailure(LoginStatus.AUTHENTICATION_FAILURE, "only None offered")
@@ -293,6 +348,7 @@ class LoginMachine:
         if any(k in SECURITY_KEYS for k, _ in pairs):
             raise LoginFailure(LoginStatus.INITIATOR_ERROR, "security key after security")
         answer = self._neg.respond(pairs)
+        self._check_digests(answer, final=req.final)
         if self._declared_mrdsl is None:
             mrdsl = self._neg.limits.max_recv_data_segment_length
             answer.append(("MaxRecvDataSegmentLength", str(mrdsl)))  # §13.12: declare ours
@@ -300,6 +356,32 @@ class LoginMachine:
         if req.final:  # NSG is 3 here: CSG=1 and NSG>CSG were checked
             return answer, True, FULL_FEATURE_PHASE
         return answer, False, 0
+
+    # -- digests a target requires (`digests: required`) --------------------------------------
+    def _required_digests(self) -> list[str]:
+        t = self._target
+        if t is None:
+            return []
+        return [k for k, on in (("HeaderDigest", t.require_header_digest),
+                                ("DataDigest", t.require_data_digest)) if on]
+
+    def _require_digests(self, target: Target) -> None:
+        """Offer only CRC32C for a required digest (§13.1), so None is never agreed."""
+        lim = self._neg.limits
+        if target.require_header_digest:
+            lim = replace(lim, header_digests=("CRC32C",))
+        if target.require_data_digest:
+            lim = replace(lim, data_digests=("CRC32C",))
+        self._neg.limits = lim
+
+    def _check_digests(self, answer: list[tuple[str, str]], *, final: bool) -> None:
+        for key in self._required_digests():
+            # An offer without CRC32C gets Reject from the negotiation; rather than let the
+            # session fall back to the default None, the login fails. So does a login that
+            # reaches full feature phase without ever negotiating the key.
+            if (key, REJECT) in answer or (final and self._neg.agreed.get(key) != "CRC32C"):
+                raise LoginFailure(LoginStatus.INITIATOR_ERROR,
+                                   f"the target requires {key}=CRC32C")
 
     def _first_declarations(self) -> list[tuple[str, str]]:
         """TargetPortalGroupTag (and TargetAlias) in the first response of a normal
@@ -387,6 +469,11 @@ def _address_host(host: str) -> str:
     return host
 
 
+def _printable(text: str, limit: int = 200) -> str:
+    """Peer-controlled text made safe for one log line."""
+    return "".join(c if c.isprintable() else "?" for c in text[:limit])
+
+
 def _is_wildcard(host: str) -> bool:
     return host in ("0.0.0.0", "::", "", "*")
 
@@ -396,7 +483,7 @@ def target_addresses(model: Model, target: Target,
     """One "address:port,tpgt" per portal (§13.8); wildcard portals become the address the
     connection arrived on."""
     out: list[str] = []
-    for portal in model.portals:
+    for portal in target.portal_list(model.portals):
         host = local_addr[0] if _is_wildcard(portal.host) else portal.host
         addr = f"{_address_host(host)}:{portal.port},{target.tpgt}"
         if addr not in out:
@@ -408,14 +495,16 @@ def send_targets(model: Model, value: str, local_addr: tuple[str, int],
                  initiator_name: str) -> list[tuple[str, str]]:
     """The answer to SendTargets=All or SendTargets=<iqn> (§13.3, Appendix C).
 
-    ``initiator_name`` is where per-initiator ACLs will filter; every target is visible now.
-    An unknown name yields an empty answer.
+    Only targets the asking initiator may log into, offered on the portal it asked through,
+    are named; an unknown name yields an empty answer, just like a hidden one.
     """
     if value == "All":
         targets = list(model.targets.values())
     else:
         t = model.target(value)
         targets = [t] if t is not None else []
+    targets = [t for t in targets
+               if t.allows(initiator_name) and t.on_portal(model.portals, local_addr)]
     out: list[tuple[str, str]] = []
     for t in targets:
         out.append(("TargetName", t.iqn))

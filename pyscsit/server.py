@@ -8,22 +8,28 @@ out the events that reach beyond one connection (session reinstatement, LUN/targ
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import signal
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from pyscsit import pdu as P
 from pyscsit.scsi import dispatch
 from pyscsit.scsi.sense import InternalTargetFailure
-from pyscsit.scsi.task import ScsiResult, Status
+from pyscsit.scsi.task import Nexus, ScsiResult, Status
 from pyscsit.session import (
-    CancelTask, Close, Connection, ExecuteTask, Reset, SessionRegistry, SessionUp, Task,
+    CancelTask, Close, Connection, ExecuteTask, Reset, Session, SessionRegistry, SessionUp,
+    Task,
 )
 from pyscsit.target import Model, Portal
+
+if TYPE_CHECKING:
+    from pyscsit.scsi.lu import LogicalUnit
 
 log = logging.getLogger("pyscsit.server")
 
@@ -83,8 +89,30 @@ class IscsiServer:
                 for p in self.protocols:
                     if p.conn is c and p is not proto:
                         p.abort()
+            self.nexus_lost(old)  # before the new session's first command
+        if s.target is not None:
+            for lu in s.target.luns.values():
+                lu.abort_nexus = functools.partial(self.abort_nexus, lu)
         log.info("%s session TSIH %d: %s -> %s", s.session_type, s.tsih, s.initiator_name,
                  s.target.iqn if s.target else "discovery")
+
+    def nexus_lost(self, s: Session) -> None:
+        """A session ended (logout, connection loss, reinstatement): I_T nexus loss for every
+        LU of its target (a RESERVE(6)/(10) reservation goes; SPC-2 5.5.1)."""
+        if s.nexus is not None and s.target is not None:
+            for lu in s.target.luns.values():
+                lu.nexus_lost(s.nexus)
+
+    def abort_nexus(self, lu: LogicalUnit, nexus: Nexus) -> None:
+        """PREEMPT AND ABORT (SPC-4 5.9.11.5): abort the preempted I_T nexus's tasks on lu."""
+        for p in list(self.protocols):
+            s = p.conn.session
+            if s is None or s.target is None or s.nexus != nexus:
+                continue
+            for number, other in s.target.luns.items():
+                if other is lu:
+                    p.conn.abort_matching(number)
+            p.pump()
 
     def reset(self, origin: IscsiProtocol, ev: Reset) -> None:
         fn = ev.function
@@ -159,8 +187,12 @@ class IscsiProtocol(asyncio.Protocol):
         self.server.protocols.discard(self)
         if self._timer is not None:
             self._timer.cancel()
+        s = self.conn.session
+        live = s is not None and self.server.registry.sessions.get(s.tsih) is s
         for t in self.conn.connection_lost():
             self._cancel(t)
+        if live and s is not None and not s.connections:
+            self.server.nexus_lost(s)
         log.debug("connection from %s closed", self.conn.peer_addr[0])
 
     def pause_writing(self) -> None:
@@ -177,6 +209,11 @@ class IscsiProtocol(asyncio.Protocol):
     # -- the pump: output, then events -----------------------------------------------------
     def pump(self) -> None:
         if self.transport is None or self.closing:
+            return
+        delay = self.conn.login.take_delay()  # failed-login back-off (login.py, acl.py)
+        if delay > 0:
+            self.transport.pause_reading()  # nothing may overtake the held answer
+            asyncio.get_running_loop().call_later(delay, self._after_delay)
             return
         out = self.conn.take_output()
         if out:
@@ -196,6 +233,11 @@ class IscsiProtocol(asyncio.Protocol):
                 self.close()
                 return
 
+    def _after_delay(self) -> None:
+        if self.transport is not None and not self.closing:
+            self.transport.resume_reading()
+            self.pump()
+
     def close(self) -> None:
         if not self.closing and self.transport is not None:
             self.closing = True
@@ -214,13 +256,19 @@ class IscsiProtocol(asyncio.Protocol):
         s = self.conn.session
         assert s is not None and s.target is not None and task.command is not None
         try:
-            result = await dispatch.execute(s.target.luns, task.command)
+            result = await dispatch.execute(s.target.luns_for(s.initiator_name),
+                                            task.command)
         except asyncio.CancelledError:
             return
         except Exception:
             log.exception("SCSI task 0x%08x failed", task.itt)
             result = ScsiResult(Status.CHECK_CONDITION, sense=InternalTargetFailure().encode())
-        self.conn.task_done(task, result)
+        try:
+            self.conn.task_done(task, result)
+        except Exception:  # as in data_received: a bug costs this connection, not a hang
+            log.exception("internal error answering task 0x%08x", task.itt)
+            self.abort()
+            return
         self.pump()
 
     def _cancel(self, task: Task) -> None:
@@ -259,21 +307,30 @@ class IscsiProtocol(asyncio.Protocol):
             self._schedule(opts.nop_interval - idle)
 
 
+#: given the running server, an async context that lives as long as it (reload.live_config:
+#: SIGHUP -> re-read the config and apply it to the running model)
+Attach = Callable[["IscsiServer"], contextlib.AbstractAsyncContextManager[object]]
+
+
 async def serve(model: Model, *, options: ServerOptions | None = None,
-                ready: Callable[[list[tuple[str, int]]], None] | None = None) -> None:
+                ready: Callable[[list[tuple[str, int]]], None] | None = None,
+                attach: Attach | None = None) -> None:
     """Listen on every portal of ``model`` until cancelled."""
     server = IscsiServer(model, options)
-    await server.start()
-    if ready is not None:
-        ready(server.addresses)
     try:
-        await asyncio.Event().wait()
+        # attached before listening: once "listening on" is logged, `pyscsit lun` finds us
+        async with attach(server) if attach is not None else contextlib.nullcontext():
+            await server.start()
+            if ready is not None:
+                ready(server.addresses)
+            await asyncio.Event().wait()
     finally:
         await server.close()
 
 
 def run(model: Model, *, options: ServerOptions | None = None,
-        ready: Callable[[list[tuple[str, int]]], None] | None = None) -> None:
+        ready: Callable[[list[tuple[str, int]]], None] | None = None,
+        attach: Attach | None = None) -> None:
     """Run the server in the foreground until SIGTERM or SIGINT; uvloop when importable."""
     try:
         import uvloop
@@ -289,7 +346,7 @@ def run(model: Model, *, options: ServerOptions | None = None,
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
         try:
-            await serve(model, options=options, ready=ready)
+            await serve(model, options=options, ready=ready, attach=attach)
         except asyncio.CancelledError:
             log.info("stopping")
 

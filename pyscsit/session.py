@@ -19,6 +19,7 @@ from pyscsit import pdu as P
 from pyscsit.login import LoginMachine, LoginResult, text_exchange
 from pyscsit.keys import OperationalParams, TextError, encode_text, parse_text
 from pyscsit.scsi import dispatch
+from pyscsit.scsi.lu import MAX_TRANSFER_BYTES
 from pyscsit.scsi.sense import (
     DataOffsetError, DataPhaseError, ProtocolServiceCrcError, SenseError,
 )
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 LOGIN_MAX_DATA = 8192  # §13.12: MaxRecvDataSegmentLength default, in force during login
 CMD_WINDOW = 128  # commands a session may have in flight (MaxCmdSN - ExpCmdSN + 1)
+MAX_DATA_OUT = MAX_TRANSFER_BYTES  # Data-Out one command may have buffered
 
 
 # -- serial number arithmetic (RFC 1982, 32 bits; RFC 7143 §4.2.2.1) ----------------------------
@@ -257,8 +259,8 @@ class Connection:
             self.phase = Phase.CLOSING
             self._events.append(Close(reason))
 
-    def _reject(self, header: bytes, reason: int) -> None:
-        self._send(P.Reject(reason=reason, data=header[:P.BHS_LEN]))
+    def _reject(self, header: P.Buffer, reason: int) -> None:
+        self._send(P.Reject(reason=reason, data=bytes(header[:P.BHS_LEN])))
 
     # -- input -----------------------------------------------------------------------------
     def receive_data(self, data: P.Buffer) -> None:
@@ -415,6 +417,9 @@ class Connection:
                 return
             self._send_text(pdu, rest)
             return
+        # §11.10: one Text Request outstanding per connection, so a new exchange ends an
+        # unfinished one (§11.10.4 resets its state); never more than one answer kept
+        self._text_rest.clear()
         try:
             pairs = parse_text(bytes(pdu.data))
         except TextError:
@@ -458,7 +463,7 @@ class Connection:
             self._reject(P.encode_bhs(pdu)[:P.BHS_LEN], P.RejectReason.TASK_IN_PROGRESS)
             return None
         lun = dispatch.lun_from_wire(pdu.lun)
-        info = dispatch.inspect(s.target.luns, lun, pdu.cdb)
+        info = dispatch.inspect(s.target.luns_for(s.initiator_name), lun, pdu.cdb)
         t = Task(itt=pdu.itt, cmd_sn=pdu.cmd_sn, immediate=pdu.immediate, lun=lun,
                  lun_field=pdu.lun, cdb=pdu.cdb, attr=pdu.attr,
                  expected_length=pdu.expected_length, info=info, write=pdu.write,
@@ -471,9 +476,6 @@ class Connection:
             self._reject(P.encode_bhs(pdu)[:P.BHS_LEN], P.RejectReason.PROTOCOL_ERROR)
             return None
         if pdu.write and pdu.expected_length:
-            t.buffer = bytearray(pdu.expected_length)
-            if imm:
-                t.buffer[:imm] = pdu.data
             t.received = imm
             t.unsol_next_offset = imm
             if p.initial_r2t or pdu.final:
@@ -482,9 +484,14 @@ class Connection:
                 t.unsolicited_end = min(p.first_burst_length, pdu.expected_length)
             t.r2t_next_offset = t.unsolicited_end
             # Solicit only what the CDB will use (§11.4.5.1 underflow); a command that
-            # will fail without data (unknown opcode, missing LU) gets none solicited.
-            t.wanted = max(t.unsolicited_end, min(pdu.expected_length,
-                                                  info.transfer_length))
+            # will fail without data (unknown opcode, missing LU, a transfer above what
+            # any LU accepts) gets none solicited. The buffer is what may arrive, never
+            # the EDTL a peer claims: 4 GiB per command would exhaust memory.
+            use = min(pdu.expected_length, info.transfer_length)
+            t.wanted = max(t.unsolicited_end, use if use <= MAX_DATA_OUT else 0)
+            t.buffer = bytearray(t.wanted)
+            if imm:
+                t.buffer[:imm] = pdu.data
         s.tasks[pdu.itt] = t
         return t
 
@@ -618,6 +625,8 @@ class Connection:
                 overflow, residual = True, xfer - edtl
             elif xfer < edtl:
                 underflow, residual = True, edtl - xfer
+        # A CDB may ask for more than 4 GiB past EDTL; the field is 32 bits: saturate
+        residual = min(residual, 0xFFFFFFFF)
         send_len = min(dlen, edtl) if t.read else 0
         if send_len:
             mv = data if isinstance(data, memoryview) else memoryview(data)
@@ -685,7 +694,7 @@ class Connection:
         needs_lun = fn in (P.TmfFunction.ABORT_TASK, P.TmfFunction.ABORT_TASK_SET,
                            P.TmfFunction.CLEAR_TASK_SET, P.TmfFunction.LOGICAL_UNIT_RESET,
                            P.TmfFunction.CLEAR_ACA)
-        if needs_lun and lun not in s.target.luns:
+        if needs_lun and lun not in s.target.luns_for(s.initiator_name):
             self._tmf_reply(pdu, R.LUN_DOES_NOT_EXIST)
             return
         if fn == P.TmfFunction.ABORT_TASK:

@@ -91,24 +91,29 @@ class IdentityStore:
                 for loc, i in sorted(self._ids.items())
             },
         }
-        data = json.dumps(doc, indent=2).encode() + b"\n"
-        # Atomic replace: temp file in the same directory, fsync, rename, fsync the directory.
-        fd, tmp = tempfile.mkstemp(prefix=".lu-identities.", dir=self._dir)
+        atomic_write(self._path, json.dumps(doc, indent=2).encode() + b"\n")
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` atomically: temp file in the same directory, fsync, rename, fsync the
+    directory. After a crash the file holds either the old or the new bytes, never a mix."""
+    directory = path.parent
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fchmod(f.fileno(), 0o644)
-                os.fsync(f.fileno())
-            os.replace(tmp, self._path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
-        dfd = os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)

@@ -9,11 +9,17 @@ ERROR on reads, 3/0C/00 WRITE ERROR on writes and cache flushes.
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Callable
 
 from pyscsit.backends.base import Backend, BackendError
-from pyscsit.scsi import registry, sbc, spc  # noqa: F401 - importing registers the opcodes
+from pyscsit.scsi import registry, sbc, sbc_misc, spc  # noqa: F401 - registers the opcodes
+from pyscsit.scsi import vaai, xcopy  # noqa: F401 - COMPARE AND WRITE, EXTENDED COPY rows
+from pyscsit.scsi import provisioning  # noqa: F401 - UNMAP, WRITE SAME, SANITIZE ... rows
 from pyscsit.scsi.identity import LuIdentity
-from pyscsit.scsi.modes import ModeState
+from pyscsit.scsi.locks import RangeLock
+from pyscsit.scsi.modes import ModeState, SoftwareWriteProtected
+from pyscsit.scsi.reservations import PrStore, Reservations  # and RESERVE / PR rows
 from pyscsit.scsi.sense import (
     UA_HARD_RESET,
     UA_LUN_RESET,
@@ -22,6 +28,7 @@ from pyscsit.scsi.sense import (
     InvalidFieldInCdb,
     InvalidOpcode,
     LbaOutOfRange,
+    SanitizeInProgress,
     SenseError,
     UnitAttention,
     UnrecoveredReadError,
@@ -76,6 +83,7 @@ class LogicalUnit:
         vendor: str = "PYSCSIT",
         product: str = "VIRTUAL-DISK",
         revision: str = "0001",
+        pr_state_path: str | os.PathLike[str] | None = None,
     ) -> None:
         if block_size < 512 or block_size > 65536 or block_size & (block_size - 1):
             raise ValueError("block_size must be a power of two from 512 to 65536")
@@ -92,6 +100,12 @@ class LogicalUnit:
         self.max_transfer_blocks = max(1, MAX_TRANSFER_BYTES // block_size)
         self.max_unmap_blocks = 0xFFFFFFFF
         self.max_unmap_descriptors = 256
+        # COMPARE AND WRITE: NUMBER OF LOGICAL BLOCKS is one byte (SBC-3 5.2); VPD 0xB0 says so.
+        self.max_compare_write_blocks = min(255, self.max_transfer_blocks)
+        # Every write to the medium holds its byte range, so ATS is atomic (SBC-3 5.2).
+        self.range_lock = RangeLock()
+        # The LUs an EXTENDED COPY sent here may name as copy targets (config sets it).
+        self.directory: xcopy.LuDirectory | None = None
         phys = backend.physical_block_size
         self.lbppbe = max(0, (phys // block_size).bit_length() - 1) if phys > block_size else 0
         # Logical block provisioning: claimed only for what the registry and backend both do.
@@ -100,6 +114,9 @@ class LogicalUnit:
         self.lbpws = can_unmap and registry.is_supported(0x93)  # WRITE SAME(16)
         self.lbpws10 = can_unmap and registry.is_supported(0x41)  # WRITE SAME(10)
         self.lbpme = self.lbpu or self.lbpws or self.lbpws10
+        # SANITIZE (SBC-3 4.11): running in the background / the last one failed.
+        self.sanitize_in_progress = False
+        self.sanitize_failed = False
         self.num_blocks = 0
         if self.refresh_capacity() == 0:
             raise ValueError(f"{backend.locator or backend!r} is smaller than one block")
@@ -107,6 +124,12 @@ class LogicalUnit:
         self._ua: dict[Nexus, list[tuple[int, int]]] = {}
         self._nexuses: set[Nexus] = set()
         self._last_nexus: Nexus | None = None
+        # Reservations; APTPL state lives at pr_state_path (loading it may raise ValueError).
+        # abort_nexus: the server's way to abort an I_T nexus's tasks on this LU (PREEMPT AND
+        # ABORT, SPC-4 5.9.11.5).
+        self.abort_nexus: Callable[[Nexus], None] | None = None
+        self.reservations = Reservations(
+            self, PrStore(pr_state_path) if pr_state_path is not None else None)
 
     # --- capacity and state the handlers use -----------------------------------------------
 
@@ -127,8 +150,10 @@ class LogicalUnit:
         return self.read_only or self.modes.swp
 
     def check_writable(self) -> None:
-        if self.write_protected:
+        if self.read_only:
             raise WriteProtected("logical unit is write protected")
+        if self.modes.swp:
+            raise SoftwareWriteProtected("control mode page SWP is set")
 
     @property
     def descriptor_sense(self) -> bool:
@@ -141,7 +166,17 @@ class LogicalUnit:
             log.error("%s: read failed: %s", self.backend.locator, exc)
             raise UnrecoveredReadError(str(exc), information=offset // self.block_size) from exc
 
-    async def write_or_sense(self, offset: int, data: memoryview | bytes, fua: bool) -> None:
+    async def write_or_sense(
+        self, offset: int, data: memoryview | bytes, fua: bool, *, locked: bool = False
+    ) -> None:
+        """Write, holding the range lock for those bytes; ``locked``: the caller holds it."""
+        if not locked:
+            n = data.nbytes if isinstance(data, memoryview) else len(data)
+            async with self.range_lock.hold(offset, n):
+                await self.write_or_sense(offset, data, fua, locked=True)
+            return
+        # SBC-3 6.4.5: with the write cache disabled (WCE=0) every write is write-through.
+        fua = fua or not self.modes.wce
         try:
             await self.backend.write(offset, data, fua)
         except BackendError as exc:
@@ -178,11 +213,20 @@ class LogicalUnit:
             ua = self.take_unit_attention(nexus)
             if ua is not None:
                 return self.check_condition(ua, self._xfer_for(op, cdb))
+        if self.sanitize_in_progress and (op is None or not op.ua_exempt):
+            # SBC-3 4.11.2: only INQUIRY, REPORT LUNS and REQUEST SENSE run meanwhile.
+            return self.check_condition(SanitizeInProgress(), self._xfer_for(op, cdb))
         if op is None:
             return self.check_condition(InvalidOpcode(f"opcode {cdb[:1].hex()}"), None)
+        if self.reservations.reserved and self.reservations.conflicts(nexus, op.conflict):
+            # SPC-4 5.9.1 / SPC-2 5.5.1: the per-command rule is the registry's ``conflict``
+            return ScsiResult(Status.RESERVATION_CONFLICT,
+                              transfer_length=self._xfer_for(op, cdb))
         try:
             if op.generic_checks:
                 check_cdb(op, cdb)
+            if op.writes_medium and self.write_protected:
+                self.check_writable()  # SBC-3 4.11: DATA PROTECT before touching anything
             return await op.handler(self, cmd)
         except SenseError as exc:
             return self.check_condition(exc, self._xfer_for(op, cdb))
@@ -235,6 +279,7 @@ class LogicalUnit:
         if code is None:
             raise ValueError(f"unknown reset kind {kind!r}")
         self.establish_unit_attention(code, self._nexuses)
+        self.reservations.reset()  # RESERVE(6)/(10) goes; persistent reservations stay
 
     def nexus_lost(self, nexus: Nexus) -> None:
         """The I_T nexus is gone (logout, connection loss): forget its state.
@@ -247,6 +292,8 @@ class LogicalUnit:
         self._ua.pop(nexus, None)
         if self._last_nexus == nexus:
             self._last_nexus = None
+        self.reservations.nexus_lost(nexus)  # RESERVE(6)/(10) goes; registrations stay
+        xcopy.nexus_lost(self, nexus)  # held EXTENDED COPY results go with their nexus
 
     def known_nexuses(self) -> frozenset[Nexus]:
         return frozenset(self._nexuses)

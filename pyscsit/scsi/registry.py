@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import TYPE_CHECKING
 
 from pyscsit.scsi.sense import InvalidFieldInCdb
@@ -23,6 +24,36 @@ Handler = Callable[["LogicalUnit", ScsiCommand], Awaitable[ScsiResult]]
 # (cdb, block_size) -> (direction, bytes the CDB asks to transfer). Must not raise on any CDB
 # at least cdb_len long.
 XferFn = Callable[[bytes, int], tuple[Direction, int]]
+
+
+class PrConflict(IntEnum):
+    """What a command meets while another I_T nexus holds a reservation: SPC-4 5.9.1 table
+    "SPC commands that are allowed in the presence of various reservations", SBC-3 4.17
+    table 13, and SPC-2 5.5.1 for a RESERVE(6)/(10) reservation."""
+
+    ALLOWED = 0  # allowed under every persistent reservation and under RESERVE(6)/(10)
+    PR_ALLOWED = 1  # allowed under every persistent reservation; conflicts with RESERVE
+    READ = 2  # Write Exclusive types: allowed; Exclusive Access: registrants of RO/AR only
+    WRITE = 3  # conflicts, except for registrants under RO/AR types
+
+
+_A, _P, _R = PrConflict.ALLOWED, PrConflict.PR_ALLOWED, PrConflict.READ
+#: The rule of rows that do not name one, by (opcode, service action); (opcode, None) covers
+#: every service action of that opcode. Anything not listed here is WRITE (conflicts).
+PR_DEFAULTS: dict[tuple[int, int | None], PrConflict] = {
+    (0x03, None): _A, (0x12, None): _A, (0xA0, None): _A,  # REQUEST SENSE, INQUIRY, REPORT LUNS
+    (0x4D, None): _A, (0xAB, 0x01): _A,  # LOG SENSE, READ MEDIA SERIAL NUMBER
+    (0x17, None): _A, (0x57, None): _A,  # RELEASE(6)/(10): a no-op for a non-holder
+    (0x00, None): _P, (0x25, None): _P, (0x9E, 0x10): _P,  # TEST UNIT READY, READ CAPACITY
+    (0x5E, None): _P, (0x5F, None): _P,  # PERSISTENT RESERVE IN/OUT judge for themselves
+    (0xA3, 0x05): _P, (0xA3, 0x0A): _P,  # REPORT IDENTIFYING INFORMATION, TARGET PORT GROUPS
+    (0xA3, 0x0C): _P, (0xA3, 0x0D): _P,  # REPORT SUPPORTED OPERATION CODES / TMFs
+    # READ, VERIFY, MODE SENSE, PRE-FETCH, READ DEFECT DATA, READ BUFFER, RECEIVE DIAGNOSTIC
+    # RESULTS, READ ATTRIBUTE, RECEIVE COPY RESULTS, GET LBA STATUS
+    **{(op, None): _R for op in (0x08, 0x28, 0xA8, 0x88, 0x2F, 0xAF, 0x8F, 0x1A, 0x5A, 0x34,
+                                 0x90, 0x37, 0xB7, 0x3C, 0x1C, 0x8C, 0x84)},
+    (0x9E, 0x12): _R,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,13 +77,25 @@ class OpInfo:
     target_level: bool = False
     # False only for the placeholder of an unknown service action (no CDB layout to check).
     generic_checks: bool = True
+    # Command timeouts descriptor (SPC-4 6.35.4), seconds, reported when RCTD=1: the time the
+    # command normally takes (0: not specified) and the timeout a host should allow.
+    nominal_timeout: int = 0
+    recommended_timeout: int = 30
+    # Reservation conflict rule; None: PR_DEFAULTS, else WRITE. Read it as ``conflict``.
+    pr_rule: PrConflict | None = None
     reserved_mask: int = field(init=False, default=0)
+    conflict: PrConflict = field(init=False, default=PrConflict.WRITE)
 
     def __post_init__(self) -> None:
         if len(self.usage) != self.cdb_len:
             raise ValueError(f"{self.name}: usage data must be {self.cdb_len} bytes")
         inverse = bytes((~b) & 0xFF for b in self.usage)
         object.__setattr__(self, "reserved_mask", int.from_bytes(inverse, "big"))
+        rule = self.pr_rule
+        if rule is None:
+            rule = PR_DEFAULTS.get((self.opcode, self.service_action),
+                                   PR_DEFAULTS.get((self.opcode, None), PrConflict.WRITE))
+        object.__setattr__(self, "conflict", rule)
 
     def check_reserved(self, cdb: bytes) -> None:
         """Raise 5/24/00 pointing at the first reserved bit set (SPC-4 4.4.2)."""
@@ -73,6 +116,12 @@ def alloc_len(offset: int, size: int) -> XferFn:
     """Data-in commands whose CDB holds an ALLOCATION LENGTH field (big endian)."""
     end = offset + size
     return lambda cdb, bs: (Direction.READ, int.from_bytes(cdb[offset:end], "big"))
+
+
+def param_len(offset: int, size: int) -> XferFn:
+    """Data-out commands whose CDB holds a PARAMETER LIST LENGTH field (big endian)."""
+    end = offset + size
+    return lambda cdb, bs: (Direction.WRITE, int.from_bytes(cdb[offset:end], "big"))
 
 
 def block_count(direction: Direction, offset: int, size: int, zero_means: int = 0) -> XferFn:
@@ -144,6 +193,18 @@ def all_ops() -> list[OpInfo]:
         elif isinstance(e, _SaGroup):
             out.extend(e.actions[sa] for sa in sorted(e.actions))
     return out
+
+
+def find(opcode: int, service_action: int | None = None) -> OpInfo | None:
+    """The entry for an opcode (and service action, for opcodes that have them), or None."""
+    e = _TABLE[opcode]
+    if isinstance(e, _SaGroup):
+        return None if service_action is None else e.actions.get(service_action)
+    return e if service_action is None else None
+
+
+def has_service_actions(opcode: int) -> bool:
+    return isinstance(_TABLE[opcode], _SaGroup)
 
 
 def is_supported(opcode: int, service_action: int | None = None) -> bool:

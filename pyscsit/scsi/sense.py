@@ -177,6 +177,16 @@ class WriteError(SenseError):
     asc, ascq = 0x0C, 0x00  # WRITE ERROR
 
 
+class SanitizeInProgress(SenseError):
+    key = SenseKey.NOT_READY
+    asc, ascq = 0x04, 0x1B  # LOGICAL UNIT NOT READY, SANITIZE IN PROGRESS
+
+
+class SanitizeFailed(SenseError):
+    key = SenseKey.MEDIUM_ERROR
+    asc, ascq = 0x31, 0x03  # SANITIZE COMMAND FAILED
+
+
 class InternalTargetFailure(SenseError):
     key = SenseKey.HARDWARE_ERROR
     asc, ascq = 0x44, 0x00  # INTERNAL TARGET FAILURE

@@ -6,6 +6,7 @@ import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from pyscsit.scsi import provisioning, xcopy
 from pyscsit.scsi.sense import InvalidFieldInCdb
 from pyscsit.scsi.task import Nexus
 
@@ -64,10 +65,22 @@ def _device_identification(lu: LogicalUnit, nexus: Nexus) -> bytes:
     return _page(lu, 0x83, b"".join(descs))
 
 
+def _extended_inquiry(lu: LogicalUnit, nexus: Nexus) -> bytes:
+    # SPC-4 7.8.7, page length 0x3C. SIMPSUP: SIMPLE task attribute; V_SUP: a volatile
+    # (page) cache that SYNCHRONIZE CACHE and FUA flush; LUICLR must be one in SPC-4 (unit
+    # attentions are kept and cleared per I_T nexus). No protection information.
+    body = bytearray(0x3C)
+    body[1] = 0x01  # SIMPSUP
+    body[2] = 0x01  # V_SUP
+    body[3] = 0x01  # LUICLR
+    return _page(lu, 0x86, bytes(body))
+
+
 def _block_limits(lu: LogicalUnit, nexus: Nexus) -> bytes:
     # SBC-3 6.6.3; page length 0x3C
     body = bytearray(0x3C)
     granularity = max(1, lu.backend.physical_block_size // lu.block_size)
+    body[1] = lu.max_compare_write_blocks  # MAXIMUM COMPARE AND WRITE LENGTH (SBC-3 5.2)
     struct.pack_into(">H", body, 2, min(granularity, 0xFFFF))  # OPTIMAL TRANSFER LENGTH GRAN.
     struct.pack_into(">I", body, 4, lu.max_transfer_blocks)  # MAXIMUM TRANSFER LENGTH
     struct.pack_into(">I", body, 8, lu.max_transfer_blocks)  # OPTIMAL TRANSFER LENGTH
@@ -75,6 +88,12 @@ def _block_limits(lu: LogicalUnit, nexus: Nexus) -> bytes:
         struct.pack_into(">I", body, 16, lu.max_unmap_blocks)  # MAXIMUM UNMAP LBA COUNT
         struct.pack_into(">I", body, 20, lu.max_unmap_descriptors)
         struct.pack_into(">I", body, 24, granularity)  # OPTIMAL UNMAP GRANULARITY
+        struct.pack_into(">I", body, 28, 0x80000000)  # UGAVALID, UNMAP GRANULARITY ALIGNMENT 0
+    # What provisioning.py enforces: WSNZ (byte 4 bit 0), MAXIMUM WRITE SAME LENGTH, and
+    # the WRITE ATOMIC(16) limits (SBC-4 6.6.4).
+    body[0] |= 0x01 if provisioning.WSNZ else 0
+    struct.pack_into(">Q", body, 32, provisioning.MAX_WRITE_SAME_BLOCKS)
+    struct.pack_into(">III", body, 40, *provisioning.atomic_limits(lu))
     return _page(lu, 0xB0, bytes(body))
 
 
@@ -82,6 +101,9 @@ def _block_device_characteristics(lu: LogicalUnit, nexus: Nexus) -> bytes:
     # SBC-3 6.6.2; MEDIUM ROTATION RATE 1 = non-rotating medium
     body = bytearray(0x3C)
     struct.pack_into(">H", body, 0, 1)
+    # SBC-4 6.6.2 WABEREQ / WACEREQ 01b: reads after a SANITIZE BLOCK ERASE / CRYPTO ERASE
+    # succeed (the emulated erase leaves zeros).
+    body[3] = 0x50
     return _page(lu, 0xB1, bytes(body))
 
 
@@ -100,11 +122,18 @@ def _logical_block_provisioning(lu: LogicalUnit, nexus: Nexus) -> bytes:
     return _page(lu, 0xB2, bytes((0, flags, ptype, 0)))
 
 
+def _third_party_copy(lu: LogicalUnit, nexus: Nexus) -> bytes:
+    # SPC-4 7.8.17: EXTENDED COPY (LID1) limits, the same constants the command enforces
+    return _page(lu, 0x8F, xcopy.third_party_copy_descriptors(lu))
+
+
 VpdBuilder = Callable[["LogicalUnit", Nexus], bytes]
 PAGES: dict[int, VpdBuilder] = {
     0x00: _supported_pages,
     0x80: _unit_serial,
     0x83: _device_identification,
+    0x86: _extended_inquiry,
+    0x8F: _third_party_copy,
     0xB0: _block_limits,
     0xB1: _block_device_characteristics,
     0xB2: _logical_block_provisioning,

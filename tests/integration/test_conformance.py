@@ -1,6 +1,9 @@
-"""libiscsi's conformance suite against a thin 1 GiB file LU, one family per process.
+"""libiscsi's conformance suite against thin 1 GiB file LUs, one family per process.
 
-Every test named in tests/conformance/passing.txt must pass (and not by skipping)."""
+Every test named in tests/conformance/passing.txt must pass (and not by skipping). Each family
+gets a fresh LU of its own (LUN = its position in the list): some libiscsi 1.19 tests assume
+blocks another family wrote are still zero (MultipathIO.CompareAndWrite reads LBA 256 after
+zeroing only 0-255)."""
 
 from __future__ import annotations
 
@@ -22,7 +25,11 @@ def cu_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     from tests.integration.conftest import start_server
 
     tmp = tmp_path_factory.mktemp("cu")
-    s = start_server(tmp, file_lun_config(tmp, size="1GiB"))
+    cfg = file_lun_config(tmp, size="1GiB")
+    cfg["targets"][0]["luns"] = {
+        n: {"backend": "file", "path": str(tmp / f"lu{n}.img"), "size": "1GiB"}
+        for n in range(len(FAMILIES))}
+    s = start_server(tmp, cfg)
     yield s
     rc = s.stop()
     assert "Traceback" not in s.log(), s.log()
@@ -32,7 +39,7 @@ def cu_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_family(cu_server: RunningServer, family: str) -> None:
     require_tool("iscsi-test-cu")
-    url = cu_server.url(IQN, 0)
+    url = cu_server.url(IQN, list(FAMILIES).index(family))
     verdicts, output = run_family(family, [url, url], timeout=600)
     problems = []
     for name in FAMILIES[family]:

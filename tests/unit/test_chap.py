@@ -7,7 +7,9 @@ import hashlib
 
 import pytest
 
+from pyscsit.acl import LoginGuard
 from pyscsit.chap import (
+    ALGORITHM_NAMES,
     ChapAlgorithm,
     ChapAuthenticator,
     ChapError,
@@ -186,3 +188,81 @@ def test_secret_not_in_repr_or_errors() -> None:
     except ChapError as exc:
         assert USER.secret not in str(exc)
     assert USER.secret not in repr(USER)
+
+
+# -- hardening (issue 5) -----------------------------------------------------------------------
+
+
+def _answer(alg: int, ident: int, challenge: bytes) -> str:
+    return encode_hex(golden(alg, ident, USER.secret, challenge))
+
+
+@pytest.mark.parametrize("alg", [5, 7])
+@pytest.mark.parametrize("cut", [-1, 1])
+def test_response_of_the_wrong_length_fails(alg: int, cut: int) -> None:
+    # a right digest with a byte dropped or added is not a CHAP_R (RFC 1994 §4.1)
+    a, _, ident, challenge = make(str(alg))
+    right = golden(alg, ident, USER.secret, challenge)
+    wrong = right[:cut] if cut < 0 else right + b"\x00"
+    with pytest.raises(ChapError, match="CHAP_R of"):
+        a.step({"CHAP_N": "alice", "CHAP_R": encode_hex(wrong)})
+    assert not a.done
+
+
+@pytest.mark.parametrize("name", ["", "u" * 256])
+def test_chap_n_of_bad_length_fails(name: str) -> None:
+    a, alg, ident, challenge = make()
+    with pytest.raises(ChapError):
+        a.step({"CHAP_N": name, "CHAP_R": _answer(alg, ident, challenge)})
+
+
+@pytest.mark.parametrize("value", [
+    "0b" + base64.b64encode(bytes(16)).decode().rstrip("="),  # padding stripped
+    "0b" + base64.b64encode(bytes(16)).decode()[:-3] + "*==",  # not the alphabet
+    "0b " + base64.b64encode(bytes(16)).decode(),  # whitespace
+    "0x" + "0" * 31 + "g",
+    "0x" + "00" * 2000,  # refused before decoding
+])
+def test_badly_encoded_binary_values_fail(value: str) -> None:
+    with pytest.raises(ChapError):
+        decode_binary(value)
+
+
+def test_chap_i_may_be_hex() -> None:
+    a, alg, ident, challenge = make("5", TARGET)
+    mine = bytes(range(50, 82))
+    out = dict(a.step({"CHAP_N": "alice", "CHAP_R": _answer(alg, ident, challenge),
+                       "CHAP_I": "0x2a", "CHAP_C": "0b" + base64.b64encode(mine).decode()}))
+    assert decode_binary(out["CHAP_R"]) == golden(5, 42, TARGET.secret, mine)
+
+
+@pytest.mark.parametrize("size", [1, 8, 15])
+def test_short_mutual_challenge_is_refused(size: int) -> None:
+    a, alg, ident, challenge = make("5", TARGET)
+    with pytest.raises(ChapError, match="at least 16"):
+        a.step({"CHAP_N": "alice", "CHAP_R": _answer(alg, ident, challenge),
+                "CHAP_I": "9", "CHAP_C": encode_hex(bytes(range(1, size + 1)))})
+
+
+def test_challenge_issued_on_another_connection_is_refused() -> None:
+    # The attacker opens a second connection, gets our challenge there, and hands it back
+    # to us as its own mutual challenge here, to make us compute the answer for it.
+    guard = LoginGuard()
+    other = ChapAuthenticator(USER, TARGET, guard=guard)
+    stolen = decode_binary(dict(other.step({"CHAP_A": "5"}))["CHAP_C"])
+    a = ChapAuthenticator(USER, TARGET, guard=guard)
+    out = dict(a.step({"CHAP_A": "5"}))
+    ident, challenge = int(out["CHAP_I"]), decode_binary(out["CHAP_C"])
+    with pytest.raises(ChapError, match="reflects"):
+        a.step({"CHAP_N": "alice", "CHAP_R": _answer(5, ident, challenge),
+                "CHAP_I": "3", "CHAP_C": encode_hex(stolen)})
+    assert not a.done
+
+
+def test_restricted_algorithms() -> None:
+    strong = (ChapAlgorithm.SHA3_256, ChapAlgorithm.SHA256)
+    with pytest.raises(ChapError, match="no supported CHAP algorithm"):
+        ChapAuthenticator(USER, algorithms=strong).step({"CHAP_A": "5,6"})
+    out = dict(ChapAuthenticator(USER, algorithms=strong).step({"CHAP_A": "5,7"}))
+    assert out["CHAP_A"] == "7"
+    assert ALGORITHM_NAMES["SHA3-256"] is ChapAlgorithm.SHA3_256

@@ -50,8 +50,8 @@ targets:
     ("size: 40GiB", "size: 40Gx", "targets[0].luns.0.size: '40Gx' is not a size"),
     ("    auth:\n      chap: {user: alice, secret: a-long-secret}\n", "",
      "targets[0].auth: required but missing"),
-    ("backend: file", "backend: zvol", ("targets[0].luns.0.backend: backend 'zvol' is not "
-     "supported yet")),
+    ("backend: file", "backend: zvol", ("targets[0].luns.0.path: does not apply to backend "
+     "'zvol' (only to file, block)")),
     ("    luns:", "    lunz:", "targets[0].lunz: unknown key (did you mean 'luns'?)"),
     ("iqn: iqn.2026-11.org.example:disk0", "iqn: [disk0", "line 5, column 9: expected ',' or ']', but got ':'"),
 ])
@@ -131,7 +131,8 @@ def test_default_serve_prints_how_to_connect(
 ) -> None:
     monkeypatch.chdir(tmp_path)
 
-    def fake_server(model: object, ready: cli.Ready | None) -> None:
+    def fake_server(model: object, ready: cli.Ready | None, cfg: object,
+                    config_path: str | None = None) -> None:
         assert ready is not None
         ready([("127.0.0.1", 3260)])
 

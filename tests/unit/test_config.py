@@ -16,12 +16,14 @@ from pyscsit.config import (
     ConfigError,
     LunConfig,
     ServerConfig,
+    Timeouts,
     build_model,
     check_iscsi_name,
     default_config,
     load_config,
     parse_portal,
     parse_size,
+    server_options,
 )
 from pyscsit.target import Chap, Portal
 
@@ -247,9 +249,22 @@ def test_bad_iscsi_names(name: str, problem: str) -> None:
      "'TMP/disks/disk0.img' is already used by targets[0].luns.1")),
     # backends
     ("backend: file, path: scratch.img", "backend: zvol, path: tank/vol",
-     "targets[1].luns.0.backend: backend 'zvol' is not supported yet (supported: file)"),
+     "targets[1].luns.0.path: does not apply to backend 'zvol' (only to file, block)"),
+    ("backend: file, path: scratch.img", "backend: zvol",
+     "targets[1].luns.0.dataset: required but missing (backend 'zvol' needs the volume's "
+     "dataset, e.g. tank/vm1)"),
+    ("backend: file, path: scratch.img", "backend: zvol, dataset: -rf",
+     "targets[1].luns.0.dataset: '-rf' is not a ZFS volume (expected pool/volume)"),
+    ("backend: file, path: scratch.img", "backend: lvm, vg: vg0",
+     "targets[1].luns.0.lv: required but missing (backend 'lvm' needs vg and lv)"),
+    ("backend: file, path: scratch.img", "backend: file, path: x, thinpool: pool",
+     "targets[1].luns.0.thinpool: does not apply to backend 'file' (only to lvm)"),
+    ("backend: file, path: scratch.img", "backend: zvol, dataset: tank/v, volblocksize: 3K",
+     "targets[1].luns.0.volblocksize: '3K' is not a power of two from 512 to 1MiB"),
+    ("backend: file, path: scratch.img", "backend: block, path: x, direct: 1",
+     "targets[1].luns.0.direct: expected true or false, got 1"),
     ("backend: file, path: scratch.img", "backend: nfs, path: x",
-     "targets[1].luns.0.backend: unknown backend 'nfs' (supported: file)"),
+     "targets[1].luns.0.backend: unknown backend 'nfs' (supported: file, block, zvol, lvm)"),
     ("{backend: file, path: scratch.img, size: 100MiB}", "{backend: file, size: 100MiB}",
      "targets[1].luns.0.path: required but missing (backend 'file' needs a path)"),
     # auth
@@ -283,9 +298,10 @@ def test_bad_iscsi_names(name: str, problem: str) -> None:
     ("    alias: disk0", "    alais: disk0", ("targets[0].alais: unknown key (did you mean "
      "'alias'?)")),
     ("size: 100MiB}", "size: 100MiB, thin: yes}", ("targets[1].luns.0.thin: unknown key "
-     "(expected one of: backend, path, size, block_size, read_only)")),
+     "(did you mean 'thinpool'?)")),
     ("state_dir: state", "state_dir: state\nlisten: 1.2.3.4", ("listen: unknown key (expected "
-     "one of: state_dir, portals, targets, discovery_auth)")),
+     "one of: state_dir, portals, targets, discovery_auth, timeouts, zfs, lvm, host_groups, "
+     "chap_algorithms, login_backoff)")),
 ])
 def test_each_mistake_gives_one_line_naming_the_key(
         tmp_path: Path, old: str, new: str, message: str) -> None:
@@ -439,3 +455,179 @@ def test_default_config_builds_a_one_gib_sparse_lu(tmp_path: Path) -> None:
     assert list(model.targets) == [DEFAULT_IQN]
     assert list(model.targets[DEFAULT_IQN].luns) == [0]
     assert (tmp_path / "lun0.img").stat().st_size == 1 << 30
+
+
+def test_timeouts_reach_the_server_options(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, GOOD + "timeouts: {login: 2, nop_interval: 0.5, "
+                            "nop_timeout: 1.5}\n"))
+    assert cfg.timeouts == Timeouts(login=2.0, nop_interval=0.5, nop_timeout=1.5)
+    options = server_options(cfg)
+    assert (options.login_timeout, options.nop_interval, options.nop_timeout) == (2.0, 0.5, 1.5)
+
+
+def test_timeouts_are_optional_and_default_to_the_servers(tmp_path: Path) -> None:
+    from pyscsit.server import ServerOptions
+
+    cfg = load_config(write(tmp_path, GOOD))
+    assert server_options(cfg) == ServerOptions()
+    partial = load_config(write(tmp_path, GOOD + "timeouts: {nop_interval: 5}\n"))
+    assert server_options(partial) == ServerOptions(nop_interval=5.0)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("timeouts: {login: 0}", "timeouts.login: 0 is not a number of seconds (more than 0, at "
+     "most 86400)"),
+    ("timeouts: {nop_timeout: soon}", "timeouts.nop_timeout: 'soon' is not a number of "
+     "seconds (more than 0, at most 86400)"),
+    ("timeouts: {nop_interval: true}", "timeouts.nop_interval: True is not a number of "
+     "seconds (more than 0, at most 86400)"),
+    ("timeouts: {logn: 3}", "timeouts.logn: unknown key (did you mean 'login'?)"),
+    ("timeouts: 30", "timeouts: expected a mapping, got a number"),
+])
+def test_bad_timeouts_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    assert error_of(tmp_path, GOOD + text + "\n") == message
+
+
+# -- access control and login policy (issue 5) ---------------------------------------------------
+
+ACL = """\
+state_dir: state
+portals: ["127.0.0.1:3260", "127.0.0.2:3260"]
+host_groups:
+  esx: [iqn.1998-01.com.vmware:esx1, iqn.1998-01.com.vmware:esx2]
+chap_algorithms: [SHA-256, SHA3-256]
+login_backoff: {base: 0.5, max: 4}
+discovery_auth: {chap: {user: d, secret: a-long-secret}}
+targets:
+  - iqn: iqn.2026-11.org.example:shared
+    auth: {chap: {user: esx, secret: a-long-secret}}
+    initiators: [esx, iqn.2008-11.org.linux-kvm:kvm1]
+    acls:
+      iqn.1998-01.com.vmware:esx1:
+        chap: {user: esx1, secret: esx1-own-secret}
+        mutual_chap: {user: tgt, secret: target-own-secret}
+    portals: ["127.0.0.2:3260"]
+    digests: required
+    luns:
+      0: {backend: file, path: shared0.img, size: 1GiB}
+      1: {backend: file, path: boot1.img, size: 1GiB, views: [iqn.1998-01.com.vmware:esx1]}
+      2: {backend: file, path: esx.img, size: 1GiB, views: [esx]}
+  - iqn: iqn.2026-11.org.example:open
+    auth: none
+    digests: {header: required}
+    luns:
+      0: {backend: file, path: open.img, size: 1GiB}
+"""
+ESX1, ESX2 = "iqn.1998-01.com.vmware:esx1", "iqn.1998-01.com.vmware:esx2"
+KVM1 = "iqn.2008-11.org.linux-kvm:kvm1"
+
+
+def test_access_control_loads_with_host_groups_expanded(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, ACL))
+    shared, open_ = cfg.targets
+    a = shared.access
+    assert a.initiators == {ESX1, ESX2, KVM1}
+    assert a.views == {1: {ESX1}, 2: {ESX1, ESX2}}
+    assert a.portals == (1,)
+    assert (a.header_digest, a.data_digest) == (True, True)
+    esx1 = a.acls[ESX1]
+    assert esx1.chap == Chap("esx1", "esx1-own-secret")
+    assert esx1.mutual_chap == Chap("tgt", "target-own-secret")
+    assert open_.access.initiators is None and open_.access.portals is None
+    assert (open_.access.header_digest, open_.access.data_digest) == (True, False)
+    p = cfg.login_policy
+    assert p.chap_algorithms == (7, 8)
+    assert (p.backoff_base, p.backoff_max) == (0.5, 4.0)
+    # the LUNs themselves are the same as without views
+    assert shared.luns[1] == LunConfig("file", str(tmp_path / "boot1.img"), 1 << 30)
+
+
+@pytest.mark.usefixtures("file_backend")
+def test_access_control_reaches_the_model(tmp_path: Path) -> None:
+    model = build_model(load_config(write(tmp_path, ACL)))
+    t = model.targets["iqn.2026-11.org.example:shared"]
+    assert sorted(t.luns_for(ESX1)) == [0, 1, 2]
+    assert sorted(t.luns_for(ESX2)) == [0, 2]
+    assert sorted(t.luns_for(KVM1)) == [0]
+    assert not t.allows("iqn.2008-11.org.linux-kvm:intruder")
+    chap = t.auth_for(ESX1).chap
+    assert chap is not None and chap.user == "esx1"
+    assert t.on_portal(model.portals, ("127.0.0.2", 3260))
+    assert not t.on_portal(model.portals, ("127.0.0.1", 3260))
+    assert t.require_header_digest and t.require_data_digest
+    assert model.chap_algorithms == (7, 8)
+    assert (model.guard.base_delay, model.guard.max_delay) == (0.5, 4.0)
+
+
+def test_without_access_keys_everyone_who_authenticates_sees_everything(
+        tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, GOOD))
+    for t in cfg.targets:
+        assert t.access.initiators is None and not t.access.views and not t.access.acls
+    assert cfg.login_policy.chap_algorithms == ()
+
+
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ("  esx: [", "  iqn.x: [", ("host_groups.iqn.x: 'iqn.x' is not a group name (letters, "
+     "digits, _ . -; not an iSCSI name)")),
+    ("  esx: [iqn.1998-01.com.vmware:esx1, iqn.1998-01.com.vmware:esx2]", "  esx: []",
+     "host_groups.esx: expected a non-empty list of initiator names"),
+    ("com.vmware:esx2]\nchap", "com.vmware:ESX2]\nchap", ("host_groups.esx[1]: "
+     "'iqn.1998-01.com.vmware:ESX2' must be lower-case: write 'iqn.1998-01.com.vmware:esx2'")),
+    ("initiators: [esx,", "initiators: [vmware,", ("targets[0].initiators[0]: 'vmware' is "
+     "neither a host group (host_groups: esx) nor an iSCSI name")),
+    ("initiators: [esx, iqn.2008-11.org.linux-kvm:kvm1]", "initiators: []",
+     ("targets[0].initiators: is empty: no initiator could log in (remove the key to allow "
+     "anyone who authenticates)")),
+    ("views: [iqn.1998-01.com.vmware:esx1]", "views: [iqn.1998-01.com.vmware:esx9]",
+     ("targets[0].luns.1.views: names no initiator of this target's initiators, so no one "
+     "could see the LU")),
+    ("views: [esx]", "views: esx", ("targets[0].luns.2.views: expected a list of host groups "
+     "or initiator names, got a string")),
+    ("      iqn.1998-01.com.vmware:esx1:\n", "      iqn.1998-01.com.vmware:esx7:\n",
+     ("targets[0].acls['iqn.1998-01.com.vmware:esx7']: is not in this target's initiators, "
+     "so it could never log in")),
+    ("        chap: {user: esx1, secret: esx1-own-secret}\n", "",
+     ("targets[0].acls['iqn.1998-01.com.vmware:esx1']: expected chap: {user: ..., secret: ...}"
+     " (and mutual_chap), or `none` to let this initiator in without CHAP")),
+    ('portals: ["127.0.0.2:3260"]', 'portals: ["127.0.0.3:3260"]', ("targets[0].portals[0]: "
+     "'127.0.0.3:3260' is not one of the server's portals (127.0.0.1:3260, 127.0.0.2:3260)")),
+    ('portals: ["127.0.0.2:3260"]', "portals: []", ("targets[0].portals: is empty: list some "
+     "of the server's portals, or remove the key")),
+    ("digests: required", "digests: yes", ("targets[0].digests: expected required, optional "
+     "or {header: ..., data: ...}, got true/false")),
+    ("digests: required", "digests: always", ("targets[0].digests: 'always' is not one of: "
+     "required, optional (or a mapping {header: ..., data: ...})")),
+    ("digests: {header: required}", "digests: {headers: required}",
+     "targets[1].digests.headers: unknown key (did you mean 'header'?)"),
+    ("[SHA-256, SHA3-256]", "[SHA256]", ("chap_algorithms[0]: 'SHA256' is not one of: MD5, "
+     "SHA-1, SHA-256, SHA3-256")),
+    ("[SHA-256, SHA3-256]", "[]", ("chap_algorithms: expected a non-empty list of: MD5, SHA-1,"
+     " SHA-256, SHA3-256")),
+    ("{base: 0.5, max: 4}", "{base: 5, max: 4}", "login_backoff.max: 4 is less than base (5)"),
+    ("{base: 0.5, max: 4}", "{base: -1}", ("login_backoff.base: -1 is not a number of seconds "
+     "(0 to 3600; base 0 turns the back-off off)")),
+    ("    initiators:", "    initators:", ("targets[0].initators: unknown key (did you mean "
+     "'initiators'?)")),
+])
+def test_access_control_mistakes_give_one_line_naming_the_key(
+        tmp_path: Path, old: str, new: str, message: str) -> None:
+    assert error_of(tmp_path, edit(old, new, ACL)) == message
+
+
+def test_per_initiator_secret_problems_never_echo_the_secret(tmp_path: Path) -> None:
+    text = edit("secret: esx1-own-secret", "secret: short1", ACL)
+    message = error_of(tmp_path, text)
+    assert message == ("targets[0].acls['iqn.1998-01.com.vmware:esx1'].chap.secret: is too "
+                       "short: CHAP secrets need at least 12 characters (96 bits)")
+    text = edit("secret: target-own-secret", "secret: esx1-own-secret", ACL)
+    message = error_of(tmp_path, text)
+    assert "esx1-own-secret" not in message and "must differ" in message
+
+
+def test_a_target_cannot_be_bound_to_a_portal_given_by_host_name(tmp_path: Path) -> None:
+    text = edit('portals: ["127.0.0.1:3260", "127.0.0.2:3260"]',
+                'portals: ["127.0.0.1:3260", "localhost:3261"]', ACL)
+    text = edit('portals: ["127.0.0.2:3260"]', 'portals: ["localhost:3261"]', text)
+    assert error_of(tmp_path, text) == ("targets[0].portals[0]: 'localhost:3261' is a host "
+                                        "name: bind targets to portals given as IP addresses")

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pyscsit.acl import LoginGuard
 from pyscsit.chap import decode_binary, encode_hex
 from pyscsit.keys import OperationalParams, encode_text, parse_text
 from pyscsit.login import (
@@ -534,3 +536,172 @@ def test_arbitrary_key_sets_always_get_a_login_response(
         assert isinstance(r, LoginResponse)
         if status(r):
             assert ini.machine.failed
+
+
+# -- access control and CHAP policy (issue 5) --------------------------------------------------
+
+ESX1 = "iqn.1998-01.com.vmware:esx1"
+ESX2 = "iqn.1998-01.com.vmware:esx2"
+SHARED = "iqn.2026-11.org.example:shared"
+BOUND = "iqn.2026-11.org.example:bound"
+STRICT = "iqn.2026-11.org.example:strict"
+ESX1_CHAP = Chap("esx1", "esx1-own-secret")
+
+
+def acl_model(**kw: Any) -> Model:
+    m = model(**kw)
+    m.targets[SHARED] = Target(SHARED, Auth(chap=ALICE), initiators=frozenset({ESX1, ESX2}),
+                               acls={ESX1: Auth(chap=ESX1_CHAP)})
+    m.targets[BOUND] = Target(BOUND, Auth(), portals=(2,))  # 192.0.2.7:3260 only
+    m.targets[STRICT] = Target(STRICT, Auth(), require_header_digest=True,
+                               require_data_digest=True)
+    return m
+
+
+def named_keys(initiator: str, target: str, **extra: str) -> list[tuple[str, str]]:
+    return [("InitiatorName", initiator), ("SessionType", "Normal"),
+            ("TargetName", target)] + list(extra.items())
+
+
+def chap_as(ini: Initiator, initiator: str, target: str, chap: Chap,
+            secret: str | None = None) -> LoginResponse:
+    r1 = ini.send(named_keys(initiator, target, AuthMethod="CHAP"), csg=0, nsg=1)
+    if status(r1):
+        return r1
+    k = keys(ini.send([("CHAP_A", "7")], csg=0, nsg=1, transit=False))
+    ident, challenge = int(k["CHAP_I"]), decode_binary(k["CHAP_C"])
+    resp = hashlib.sha256(bytes([ident]) + (secret or chap.secret).encode()
+                          + challenge).digest()
+    return ini.send([("CHAP_N", chap.user), ("CHAP_R", encode_hex(resp))], csg=0, nsg=1)
+
+
+def test_initiator_not_in_the_list_is_not_authorized() -> None:
+    ini = Initiator(acl_model())
+    r = ini.send(named_keys(INITIATOR, SHARED, AuthMethod="CHAP"), csg=0, nsg=1)
+    assert (r.status_class, r.status_detail) == (2, 2)
+    assert ini.machine.failed and not r.data
+
+
+def test_listed_initiator_logs_in_with_its_own_credentials_only() -> None:
+    m = acl_model()
+    assert status(chap_as(Initiator(m), ESX1, SHARED, ESX1_CHAP)) == 0
+    # esx1 has its own entry: the target-wide credentials no longer work for it
+    assert status(chap_as(Initiator(m), ESX1, SHARED, ALICE)) == 0x0201
+    # esx2 has none: it uses the target's
+    assert status(chap_as(Initiator(m), ESX2, SHARED, ALICE)) == 0
+    # names compare case-folded (RFC 3722)
+    assert status(chap_as(Initiator(m), ESX1.upper(), SHARED, ESX1_CHAP)) == 0
+
+
+def test_target_bound_to_a_portal_does_not_exist_elsewhere() -> None:
+    m = acl_model()
+    r = Initiator(m, local_addr=("10.1.2.3", 3260)).send(named_keys(INITIATOR, BOUND))
+    assert (r.status_class, r.status_detail) == (2, 3)  # §11.13.5: not at this address
+    ok = Initiator(m, local_addr=("192.0.2.7", 3260)).send(
+        named_keys(INITIATOR, BOUND) + OP_KEYS)
+    assert status(ok) == 0 and ok.final
+
+
+def test_send_targets_names_only_what_the_initiator_may_reach() -> None:
+    m = acl_model()
+
+    def names(initiator: str, local: tuple[str, int]) -> list[str]:
+        return [v for k, v in send_targets(m, "All", local, initiator) if k == "TargetName"]
+
+    assert names(ESX1, ("10.1.2.3", 3260)) == [IQN, SECURE, MUTUAL, SHARED, STRICT]
+    assert names(INITIATOR, ("10.1.2.3", 3260)) == [IQN, SECURE, MUTUAL, STRICT]
+    assert BOUND in names(INITIATOR, ("192.0.2.7", 3260))
+    # asked by name, a hidden target is answered like one that does not exist
+    assert send_targets(m, SHARED, ("10.1.2.3", 3260), INITIATOR) == []
+    # the bound target's only address is its own portal
+    assert send_targets(m, BOUND, ("192.0.2.7", 3260), INITIATOR) == [
+        ("TargetName", BOUND), ("TargetAddress", "192.0.2.7:3260,1")]
+
+
+def test_digests_required_refuses_an_offer_of_none() -> None:
+    ini = Initiator(acl_model())
+    r = ini.send(named_keys(INITIATOR, STRICT, HeaderDigest="None", DataDigest="CRC32C"))
+    assert (r.status_class, r.status_detail) == (2, 0) and ini.machine.failed
+
+
+def test_digests_required_picks_crc32c_even_when_the_initiator_prefers_none() -> None:
+    ini = Initiator(acl_model())
+    r = ini.send(named_keys(INITIATOR, STRICT, HeaderDigest="None,CRC32C",
+                            DataDigest="None,CRC32C"))
+    assert status(r) == 0 and r.final
+    assert keys(r)["HeaderDigest"] == "CRC32C" and keys(r)["DataDigest"] == "CRC32C"
+    res = ini.machine.result
+    assert res is not None and res.params.header_digest and res.params.data_digest
+
+
+def test_digests_required_refuses_a_login_that_never_negotiates_them() -> None:
+    ini = Initiator(acl_model())
+    r = ini.send(named_keys(INITIATOR, STRICT))  # defaults: None (§13.1)
+    assert (r.status_class, r.status_detail) == (2, 0) and not ini.machine.done
+
+
+def test_header_digest_only_requirement_accepts_libiscsi_style_offers() -> None:
+    m = acl_model()
+    m.targets[STRICT].require_data_digest = False
+    ini = Initiator(m)
+    r = ini.send(named_keys(INITIATOR, STRICT, HeaderDigest="CRC32C", DataDigest="None"))
+    assert status(r) == 0 and ini.machine.done
+
+
+def test_chap_algorithms_can_be_restricted() -> None:
+    m = acl_model(chap_algorithms=(8, 7))
+    ini = Initiator(m)
+    ini.send(first_keys(SECURE, AuthMethod="CHAP"), csg=0, nsg=1)
+    r = ini.send([("CHAP_A", "5,6")], csg=0, nsg=1, transit=False)
+    assert status(r) == 0x0201
+    ini = Initiator(m)
+    ini.send(first_keys(SECURE, AuthMethod="CHAP"), csg=0, nsg=1)
+    assert keys(ini.send([("CHAP_A", "5,7")], csg=0, nsg=1, transit=False))["CHAP_A"] == "7"
+
+
+def test_failed_logins_are_held_back_longer_each_time() -> None:
+    m = acl_model(guard=LoginGuard(base_delay=0.25, max_delay=1.0))
+    delays = []
+    for _ in range(4):
+        ini = Initiator(m)
+        r = chap_login(ini, SECURE, "5", secret="wrong-secret")
+        assert status(r) == 0x0201
+        delays.append(ini.machine.take_delay())
+        assert ini.machine.take_delay() == 0.0  # read once
+    assert delays == [0.25, 0.5, 1.0, 1.0]
+    # the right secret now waits as long as a failure would: lateness reveals nothing
+    ini = Initiator(m)
+    r = chap_login(ini, SECURE, "5")
+    assert status(r) == 0 and ini.machine.take_delay() == 1.0
+
+
+def test_good_logins_are_not_delayed() -> None:
+    m = acl_model(guard=LoginGuard(base_delay=5.0, max_delay=5.0))
+    ini = Initiator(m)
+    assert status(chap_login(ini, SECURE, "5")) == 0
+    assert ini.machine.take_delay() == 0.0
+
+
+def test_mutual_challenge_stolen_from_another_connection_is_refused() -> None:
+    m = acl_model()
+    other = Initiator(m)
+    other.send(first_keys(MUTUAL, AuthMethod="CHAP"), csg=0, nsg=1)
+    stolen = decode_binary(keys(other.send([("CHAP_A", "5")], csg=0, nsg=1,
+                                           transit=False))["CHAP_C"])
+    r = chap_login(Initiator(m), MUTUAL, "5", mutual=(9, stolen))
+    assert status(r) == 0x0201
+
+
+def test_failures_are_logged_with_name_and_address_never_the_secret(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "pyscsit.login")
+    m = acl_model()
+    chap_as(Initiator(m), ESX1, SHARED, ESX1_CHAP, secret="not-" + ESX1_CHAP.secret)
+    Initiator(m).send(named_keys("iqn.2026-01.org.evil:x\nFAKE LINE", SHARED))
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert ESX1 in lines[0] and "10.9.9.9" in lines[0] and "02/01" in lines[0]
+    assert "02/02" in lines[1] and "\n" not in lines[1]
+    text = "\n".join(lines)
+    for secret in (ESX1_CHAP.secret, ALICE.secret):
+        assert secret not in text

@@ -124,11 +124,14 @@ async def test_vpd_block_limits_and_characteristics() -> None:
     assert b0[3] == 0x3C and len(b0) == 64
     assert struct.unpack(">H", b0[6:8])[0] == 8  # 4096 / 512
     assert struct.unpack(">I", b0[8:12])[0] == lu.max_transfer_blocks
-    assert struct.unpack(">II", b0[20:28]) == (0, 0)  # UNMAP not implemented yet
+    # UNMAP limits are advertised exactly when UNMAP is (LBPU in VPD 0xB2)
+    unmap_limits = struct.unpack(">II", b0[20:28])
+    expected = (lu.max_unmap_blocks, lu.max_unmap_descriptors) if lu.lbpu else (0, 0)
+    assert unmap_limits == expected
     b1 = bytes((await run(lu, inq(1, 0xB1, 64))).data)
     assert struct.unpack(">H", b1[4:6])[0] == 1  # non-rotating
     b2 = bytes((await run(lu, inq(1, 0xB2, 64))).data)
-    assert b2[5] & 0xE0 == 0  # no LBPU/LBPWS/LBPWS10 without the commands
+    assert bool(b2[5] & 0x80) == lu.lbpu  # LBPU only with UNMAP
 
 
 # --- MODE SENSE -------------------------------------------------------------------------------
@@ -172,9 +175,11 @@ async def test_mode_sense_dbd_single_page_and_truncation() -> None:
     assert (await run(lu, ms6(0x3F, sub=0xFF))).status == Status.GOOD
 
 
-async def test_mode_sense_changeable_is_all_zero() -> None:
+async def test_mode_sense_changeable_only_wce_d_sense_swp() -> None:
     d = bytes((await run(make_lu(), ms6(0x3F, pc=1, dbd=True))).data)
-    assert all(not any(p[2:]) for p in _pages(d, 4).values())
+    changeable = {code: [(i, b) for i, b in enumerate(p) if i >= 2 and b]
+                  for code, p in _pages(d, 4).items()}
+    assert changeable == {0x01: [], 0x08: [(2, 0x04)], 0x0A: [(2, 0x04), (4, 0x08)]}
 
 
 async def test_mode_sense_errors() -> None:

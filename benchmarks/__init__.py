@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks of pyscsit against tgtd: ``python -m benchmarks.run``."""
