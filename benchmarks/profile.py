@@ -1,7 +1,8 @@
 """A py-spy profile of pyscsit while iscsi-perf keeps 32 random 4 KiB reads in flight.
 
-Two recordings under the same load: a flamegraph (SVG) for people, and py-spy's raw collapsed
-stacks, aggregated per function, for the table in latest.md.
+Three recordings under the same load: a flamegraph (SVG) for people; py-spy's raw collapsed
+stacks aggregated per function, for the table in latest.md; and the same with C frames
+(``--native``), which shows the system calls under the Python lines (writev, preadv).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class Profile:
     rate: int
     seconds: int
     top: list[Hot]
+    native_raw: str
+    native_top: list[Hot]  # with C frames (--native): system calls and extension code
     load: RunResult | None  # the iscsi-perf run the recordings were taken under
     commands: list[str]
     error: str = ""
@@ -40,10 +43,11 @@ class Profile:
 
 def _frame_name(frame: str) -> str:
     # py-spy raw frames: "func (path/to/file.py:LINE)"; -F makes LINE the function's first line
+    # with --native, C frames are "func (libc.so.6)" or a bare address "0x7f... (libc.so.6)"
     name, _, where = frame.rpartition(" (")
-    where = where.rstrip(")")
-    path, _, line = where.rpartition(":")
-    return f"{name} ({path}:{line})" if name else frame
+    if not name:
+        return frame
+    return f"{name} ({where.rstrip(')')})"
 
 
 def top_functions(raw_text: str, n: int = 15) -> tuple[int, list[Hot]]:
@@ -72,18 +76,22 @@ def top_functions(raw_text: str, n: int = 15) -> tuple[int, list[Hot]]:
 def record(server: Server, outdir: Path, seconds: int = 10, rate: int = 250) -> Profile:
     svg = outdir / "profile-4k-read.svg"
     raw = outdir / "profile-4k-read.txt"
-    prof = Profile(svg.name, raw.name, 0, rate, seconds, [], None, [])
+    native = outdir / "profile-4k-read-native.txt"
+    prof = Profile(svg.name, raw.name, 0, rate, seconds, [], native.name, [], None, [])
     if shutil.which("py-spy") is None:
         prof.error = "py-spy is not installed (pip install py-spy)"
         return prof
     load_case = Case("profile-load", "4 KiB rand read QD32 (under py-spy)", "perf")
-    # the load outlasts both recordings: start-up, two recordings and a margin
-    settings = Settings(perf_seconds=2 * seconds + 6, count_scale=1.0)
+    # the load outlasts the recordings: start-up, three recordings and a margin
+    settings = Settings(perf_seconds=3 * seconds + 8, count_scale=1.0)
     spies = [
         ["py-spy", "record", "--pid", str(server.pid), "--duration", str(seconds),
          "--rate", str(rate), "--format", "flamegraph", "--output", str(svg)],
         ["py-spy", "record", "--pid", str(server.pid), "--duration", str(seconds),
          "--rate", str(rate), "--function", "--format", "raw", "--output", str(raw)],
+        ["py-spy", "record", "--pid", str(server.pid), "--duration", str(seconds),
+         "--rate", str(rate // 2), "--native", "--function", "--format", "raw",
+         "--output", str(native)],
     ]
     prof.commands = [" ".join(a) for a in spies]
     result: list[RunResult] = []
@@ -93,7 +101,8 @@ def record(server: Server, outdir: Path, seconds: int = 10, rate: int = 250) -> 
     try:
         time.sleep(2)  # login and ramp-up
         for argv in spies:
-            p = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+            p = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60,
+                               check=False)
             if p.returncode != 0:
                 prof.error = (p.stderr or p.stdout).strip()[-300:]
                 break
@@ -102,4 +111,6 @@ def record(server: Server, outdir: Path, seconds: int = 10, rate: int = 250) -> 
     prof.load = result[0] if result else None
     if not prof.error and raw.exists():
         prof.samples, prof.top = top_functions(raw.read_text())
+    if not prof.error and native.exists():
+        _, prof.native_top = top_functions(native.read_text(), 10)
     return prof

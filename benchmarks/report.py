@@ -105,7 +105,7 @@ def markdown(meta: dict[str, Any], summaries: list[Summary], results: list[RunRe
              prof: Profile | None) -> str:
     by_key = {s.key: s for s in summaries}
     L = [f"# pyscsit vs tgtd: {meta['date']} on {meta['host']}", "",
-         f"`{meta['command']}`: {meta['pairs']} alternated pairs (pyscsit, tgtd, then tgtd, "
+         (f"`{meta['command']}`: {meta['pairs']} alternated pairs (pyscsit, tgtd, then tgtd, "
          f"pyscsit, ...), {meta['duration_s'] / 60:.1f} min. pyscsit {meta['git']}; "
          f"{meta['tgtd']}; {meta['qemu_img']}; libiscsi {meta['libiscsi']}; "
          f"{meta['cpus']} vCPUs, kernel {meta['kernel']}, Python {meta['python']}. "
@@ -113,7 +113,7 @@ def markdown(meta: dict[str, Any], summaries: list[Summary], results: list[RunRe
          "cache (ext4). Medians; the ratio is the median of the per-pair ratios "
          "pyscsit/tgtd (range in brackets). Server CPU is utime+stime of the whole server "
          "process per 10^9 bytes moved; RSS is the peak VmRSS sampled every 50 ms. "
-         f"Servers and clients ran at nice {meta.get('nice', 0)}.", "",
+         f"Servers and clients ran at nice {meta.get('nice', 0)}."), "",
          "![pyscsit vs tgtd](latest.png)", "", "## Issue 6 targets", "",
          "| workload | pyscsit | tgtd | pyscsit/tgtd | target | met |", "|---|---|---|---|---|---|"]
     for label, key in CHECKS:
@@ -132,8 +132,8 @@ def markdown(meta: dict[str, Any], summaries: list[Summary], results: list[RunRe
         L.append(f"| header digest cost, {label} (1 - on/off) | {100 * c:+.1f} % | {tgt} | "
                  f"| < 10 % (pyscsit) | {met} |")
     L += ["", "## Every case", "",
-          "| case | pyscsit | tgtd | pyscsit/tgtd | CPU s/GB pyscsit / tgtd "
-          "| peak RSS MiB pyscsit / tgtd |", "|---|---|---|---|---|---|"]
+          ("| case | pyscsit | tgtd | pyscsit/tgtd | CPU s/GB pyscsit / tgtd "
+          "| peak RSS MiB pyscsit / tgtd |"), "|---|---|---|---|---|---|"]
     for s in summaries:
         a, b = s.sides[A], s.sides[B]
         fails = "" if not (a.failed or b.failed) else f" ({a.failed}/{b.failed} runs failed)"
@@ -142,10 +142,10 @@ def markdown(meta: dict[str, Any], summaries: list[Summary], results: list[RunRe
                  f"{a.rss_peak_mib:.0f} / {b.rss_peak_mib:.0f} |")
     other = [r.other_cpus for r in results]
     steal = [r.steal_cpus for r in results]
-    L += ["", f"Other work on the machine while a run went on (neither server nor client): "
+    L += ["", (f"Other work on the machine while a run went on (neither server nor client): "
           f"median {_med(other):.2f} vCPUs busy, max {max(other, default=0):.2f}; hypervisor "
           f"steal median {_med(steal):.2f} vCPUs. This is a shared {meta['cpus']}-vCPU guest: "
-          "expect ±20 % run to run; the alternation and per-pair ratios are there for that."]
+          "expect ±20 % run to run; the alternation and per-pair ratios are there for that.")]
     if prof is not None:
         L += ["", "## Profile: pyscsit under 4 KiB random reads at QD32", ""]
         if prof.error:
@@ -153,18 +153,24 @@ def markdown(meta: dict[str, Any], summaries: list[Summary], results: list[RunRe
         else:
             ld = prof.load
             rate = f"{ld.iops / 1000:.1f}K IOPS while sampled" if ld and ld.ok else ""
-            L += [f"Flamegraph: [{prof.svg}]({prof.svg}); collapsed stacks: "
+            L += [(f"Flamegraph: [{prof.svg}]({prof.svg}); collapsed stacks: "
                   f"[{prof.raw}]({prof.raw}). {prof.samples} samples at {prof.rate} Hz over "
-                  f"{prof.seconds} s of the main thread and pool threads ({rate}).", "",
+                  f"{prof.seconds} s of the main thread and pool threads ({rate})."), "",
                   "| # | function (file:first line) | self % | total % |", "|---|---|---|---|"]
             for i, h in enumerate(prof.top, 1):
                 L.append(f"| {i} | `{h.function}` | {h.self_pct:.1f} | {h.total_pct:.1f} |")
+            if prof.native_top:
+                L += ["", (f"With C frames (`--native`, [{prof.native_raw}]({prof.native_raw})): "
+                      "where the time under those Python lines goes."), "",
+                      "| # | frame | self % |", "|---|---|---|"]
+                for i, h in enumerate(prof.native_top, 1):
+                    L.append(f"| {i} | `{h.function}` | {h.self_pct:.1f} |")
             L += ["", "Commands: " + "; ".join(f"`{c}`" for c in prof.commands)]
     L += ["", "## Commands", "", "Servers:", ""]
     for name, cmds in server_cmds.items():
         L += [f"- {name}: " + "; ".join(f"`{c}`" for c in dict.fromkeys(cmds))]
-    L += ["", "Clients (pyscsit's portal shown; tgtd's run is the same with its portal, "
-          "IQN and LUN 1):", ""]
+    L += ["", ("Clients (pyscsit's portal shown; tgtd's run is the same with its portal, "
+          "IQN and LUN 1):"), ""]
     for s in summaries:
         L.append(f"- {s.label}: `{commands[s.key][A]}`")
     return "\n".join(L) + "\n"
@@ -184,7 +190,8 @@ def chart(path: Path, meta: dict[str, Any], summaries: list[Summary]) -> None:
     y = list(range(n))
     ratios = [s.ratio or 0 for s in rows]
     colors = ["#2e7d32" if r >= 1.0 else "#c62828" for r in ratios]
-    err = [[s.ratio - min(s.ratios) for s in rows], [max(s.ratios) - s.ratio for s in rows]]
+    err = [[r - min(s.ratios) for r, s in zip(ratios, rows)],
+           [max(s.ratios) - r for r, s in zip(ratios, rows)]]
     ax.barh(y, ratios, color=colors, height=0.65, xerr=err,
             error_kw={"elinewidth": 1, "capsize": 2, "ecolor": "#424242"})
     ax.set_xscale("log", base=2)

@@ -17,6 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 REPO = Path(__file__).resolve().parent.parent
 LU_SIZE = 1 << 30
@@ -48,8 +49,7 @@ def prepare_lu(path: Path) -> None:
     chunk = os.urandom(1 << 20)
     if not path.exists() or path.stat().st_size != LU_SIZE:
         with open(path, "wb") as f:
-            for _ in range(LU_SIZE // len(chunk)):
-                f.write(chunk)
+            f.writelines(chunk for _ in range(LU_SIZE // len(chunk)))
             f.flush()
             os.fsync(f.fileno())
     with open(path, "rb", buffering=0) as f:
@@ -92,7 +92,7 @@ class RssSampler:
         while not self._stop.wait(self.interval):
             self._sample()
 
-    def __enter__(self) -> RssSampler:
+    def __enter__(self) -> Self:
         self._sample()
         self._thread.start()
         return self

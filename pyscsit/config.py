@@ -14,6 +14,9 @@ The YAML shape (issue 2) is a contract; extend it, don't break it:
     chap_algorithms: [SHA-256, SHA3-256] # optional; default: SHA3-256, SHA-256, SHA-1, MD5
     login_backoff: {base: 1, max: 16}    # optional, seconds; doubles per failed login
     timeouts: {login: 30, nop_interval: 15, nop_timeout: 15}   # optional, seconds
+    limits: {max_connections: 1024, max_connections_per_address: 64, max_pending_logins: 64,
+             max_sessions_per_initiator: 64, r2t_timeout: 30, max_buffered_bytes: 64MiB,
+             max_text_bytes: 64KiB}      # optional (limits.py)
     targets:
       - iqn: iqn.2026-11.org.example:disk0
         alias: disk0                     # optional
@@ -51,6 +54,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import yaml
 
+from pyscsit.limits import Limits
 from pyscsit.target import Auth, Chap, Model, Portal, Target
 
 if TYPE_CHECKING:
@@ -202,6 +206,7 @@ class ServerConfig:
     targets: tuple[TargetConfig, ...]
     discovery_auth: AuthConfig = field(default_factory=AuthConfig)
     timeouts: Timeouts = field(default_factory=Timeouts)
+    limits: Limits = field(default_factory=Limits)
     zfs: ToolConfig = ToolConfig("zfs", "/dev/zvol")
     lvm: ToolConfig = ToolConfig("lvm", "/dev")
     login_policy: LoginPolicy = field(default_factory=LoginPolicy)
@@ -573,11 +578,41 @@ def _timeouts(value: object, path: str) -> Timeouts:
     return Timeouts(**seconds)
 
 
+LIMIT_COUNTS = ("max_connections", "max_connections_per_address", "max_pending_logins",
+                "max_sessions_per_initiator")
+LIMIT_SIZES = {"max_buffered_bytes": (1 << 20, 1 << 40), "max_text_bytes": (8192, 1 << 24)}
+
+
+def _limits(value: object, path: str) -> Limits:
+    m = _mapping(value, path, (), LIMIT_COUNTS + ("r2t_timeout",) + tuple(LIMIT_SIZES))
+    got: dict[str, Any] = {}
+    for key, v in m.items():
+        where = _join(path, key)
+        if key in LIMIT_COUNTS:
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 1_000_000:
+                _fail(where, f"{v!r} is not a count (1 to 1000000)")
+            got[key] = v
+        elif key == "r2t_timeout":
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 86400:
+                _fail(where, f"{v!r} is not a number of seconds (more than 0, at most 86400)")
+            got[key] = float(v)
+        else:
+            lo, hi = LIMIT_SIZES[key]
+            try:
+                n = parse_size(v)
+            except ValueError as e:
+                _fail(where, str(e))
+            if not lo <= n <= hi:
+                _fail(where, f"{v!r} is out of range ({lo} bytes to {hi >> 20} MiB)")
+            got[key] = n
+    return Limits(**got)
+
+
 def _server(data: object, base_dir: Path, source: str) -> ServerConfig:
     if data is None:
         _fail("", "the file is empty (expected state_dir, portals and targets)")
     m = _mapping(data, "", ("state_dir", "portals", "targets"),
-                 ("discovery_auth", "timeouts", "zfs", "lvm") + POLICY_KEYS)
+                 ("discovery_auth", "timeouts", "limits", "zfs", "lvm") + POLICY_KEYS)
     zfs = _tool(m.get("zfs"), "zfs", base_dir, ToolConfig("zfs", "/dev/zvol"))
     lvm = _tool(m.get("lvm"), "lvm", base_dir, ToolConfig("lvm", "/dev"))
     state_dir = _resolve(base_dir, _string(m["state_dir"], "state_dir"))
@@ -607,9 +642,10 @@ def _server(data: object, base_dir: Path, source: str) -> ServerConfig:
             seen_paths[lun.path] = where
         targets.append(replace(target, access=_access(raw, target, path, policy, portals)))
     timeouts = _timeouts(m["timeouts"], "timeouts") if "timeouts" in m else Timeouts()
+    limits = _limits(m["limits"], "limits") if "limits" in m else Limits()
     return ServerConfig(state_dir=str(state_dir), portals=portals, targets=tuple(targets),
-                        discovery_auth=discovery_auth, timeouts=timeouts, zfs=zfs, lvm=lvm,
-                        login_policy=policy, source=source)
+                        discovery_auth=discovery_auth, timeouts=timeouts, limits=limits,
+                        zfs=zfs, lvm=lvm, login_policy=policy, source=source)
 
 
 def _tool(value: object, path: str, base_dir: Path, default: ToolConfig) -> ToolConfig:
@@ -899,12 +935,12 @@ def _model_policy(cfg: ServerConfig) -> dict[str, Any]:
 
 
 def server_options(cfg: ServerConfig) -> ServerOptions:
-    """The server's timers from ``cfg.timeouts``."""
+    """The server's timers from ``cfg.timeouts``, and its ``cfg.limits``."""
     from pyscsit.server import ServerOptions
 
     t = cfg.timeouts
     return ServerOptions(login_timeout=t.login, nop_interval=t.nop_interval,
-                         nop_timeout=t.nop_timeout)
+                         nop_timeout=t.nop_timeout, limits=cfg.limits)
 
 
 def _open_file(lun: LunConfig) -> Backend:

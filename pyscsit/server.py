@@ -15,10 +15,11 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
 from pyscsit import pdu as P
+from pyscsit.limits import Admission, Limits, StallWatch, Throttle
 from pyscsit.scsi import dispatch
 from pyscsit.scsi.sense import InternalTargetFailure
 from pyscsit.scsi.task import Nexus, ScsiResult, Status
@@ -40,6 +41,7 @@ class ServerOptions:
     nop_interval: float = 15.0  # idle seconds before the target pings (NOP-In)
     nop_timeout: float = 15.0  # seconds to wait for the NOP-Out answer before dropping
     max_recv_data_segment_length: int = 262144
+    limits: Limits = field(default_factory=Limits)  # connection caps, Data-Out timeout, buffer budget (limits.py)
 
 
 class IscsiServer:
@@ -48,6 +50,9 @@ class IscsiServer:
         self.options = options or ServerOptions()
         self.registry = SessionRegistry()
         self.protocols: set[IscsiProtocol] = set()
+        self.admission: Admission[IscsiProtocol] = Admission(self.options.limits,
+                                                             IscsiProtocol.idle_key)
+        self.throttle = Throttle()  # one warning per flood and interval
         self._servers: list[asyncio.AbstractServer] = []
         self.addresses: list[tuple[str, int]] = []
 
@@ -55,8 +60,9 @@ class IscsiServer:
         loop = asyncio.get_running_loop()
         bound: list[Portal] = []
         for portal in self.model.portals:
+            # a deep accept queue: a connection flood is sorted out by limits, not by SYN drops
             srv = await loop.create_server(lambda: IscsiProtocol(self), portal.host,
-                                           portal.port, reuse_address=True)
+                                           portal.port, reuse_address=True, backlog=1024)
             self._servers.append(srv)
             for sock in srv.sockets:
                 addr = sock.getsockname()
@@ -82,6 +88,8 @@ class IscsiServer:
     # -- events that reach beyond one connection ---------------------------------------------
     def session_up(self, proto: IscsiProtocol, ev: SessionUp) -> None:
         s = ev.session
+        self.admission.logged_in(proto)
+        proto.watch_transfers()
         for old in self.registry.add(s):
             log.info("session reinstatement: %s ISID 0x%012x replaces TSIH %d",
                      s.initiator_name, s.isid, old.tsih)
@@ -150,6 +158,8 @@ class IscsiProtocol(asyncio.Protocol):
         self.last_rx = time.monotonic()
         self._timer: asyncio.TimerHandle | None = None
         self._write_paused = False
+        self._stalls: StallWatch | None = None  # Data-Out timeout, from full feature phase
+        self._watch: asyncio.TimerHandle | None = None
 
     # -- transport callbacks ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -166,9 +176,12 @@ class IscsiProtocol(asyncio.Protocol):
         self.conn = Connection(self.server.model, self.server.registry,
                                local_addr=(local[0], local[1]), peer_addr=(peer[0], peer[1]),
                                max_recv_data_segment_length=(
-                                   self.server.options.max_recv_data_segment_length))
+                                   self.server.options.max_recv_data_segment_length),
+                               limits=self.server.options.limits)
         self.server.protocols.add(self)
         self.started = time.monotonic()
+        if not self._admitted(peer[0]):
+            return
         self._schedule(self.server.options.login_timeout)
         log.debug("connection from %s", _fmt(peer[0], peer[1]))
 
@@ -185,8 +198,11 @@ class IscsiProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self.server.protocols.discard(self)
+        self.server.admission.release(self)
         if self._timer is not None:
             self._timer.cancel()
+        if self._watch is not None:
+            self._watch.cancel()
         s = self.conn.session
         live = s is not None and self.server.registry.sessions.get(s.tsih) is s
         for t in self.conn.connection_lost():
@@ -194,6 +210,60 @@ class IscsiProtocol(asyncio.Protocol):
         if live and s is not None and not s.connections:
             self.server.nexus_lost(s)
         log.debug("connection from %s closed", self.conn.peer_addr[0])
+
+    # -- limits: admission, Data-Out timeout (limits.py) -------------------------------------
+    def idle_key(self) -> tuple[bool, float]:
+        """Which pending connection makes room first: one that never sent a byte, then the
+        one idle longest."""
+        return self.last_rx > self.started, self.last_rx
+
+    def _admitted(self, address: str) -> bool:
+        srv = self.server
+        lim = srv.options.limits
+        victims = srv.admission.admit(self, address)
+        now = time.monotonic()
+        if victims is None:
+            per_address = srv.admission.count(address) >= lim.max_connections_per_address
+            why = (f"{lim.max_connections_per_address} connections from that address"
+                   if per_address else f"{lim.max_connections} connections in total")
+            held = srv.throttle.allow("refuse " + address, now)
+            if held is not None:
+                log.warning("refusing a connection from %s: %s, all logged in (limits)%s",
+                            address, why, f"; {held} more refused" if held else "")
+            self.abort()
+            return False
+        for v in victims:
+            held = srv.throttle.allow("evict", now)
+            if held is not None:
+                log.warning("dropping a connection from %s that has not logged in, to make "
+                            "room for %s (limits)%s", v.conn.peer_addr[0], address,
+                            f"; {held} more dropped" if held else "")
+            v.abort()
+        return True
+
+    def watch_transfers(self) -> None:
+        """From full feature phase: a task that waits for Data-Out (or for the commands before
+        it) and receives nothing for limits.r2t_timeout costs the connection."""
+        timeout = self.server.options.limits.r2t_timeout
+        self._stalls = StallWatch(timeout)
+        self._watch = asyncio.get_running_loop().call_later(max(timeout / 2, 0.05),
+                                                            self._on_watch)
+
+    def _on_watch(self) -> None:
+        self._watch = None
+        if self.closing or self._stalls is None:
+            return
+        if self._write_paused:
+            self._stalls.reset()  # we are not reading: the peer's silence is ours
+        else:
+            stalled = self._stalls.check(self.conn.waiting_for_data(), time.monotonic())
+            if stalled:
+                log.warning("%s: no Data-Out for task 0x%08x in %gs: dropping the connection",
+                            self.conn.peer_addr[0], stalled[0], self._stalls.timeout)
+                self.abort()  # connection_lost aborts its tasks
+                return
+        self._watch = asyncio.get_running_loop().call_later(
+            max(self._stalls.timeout / 2, 0.05), self._on_watch)
 
     def pause_writing(self) -> None:
         # The peer is not reading: stop reading its commands until it does (bounded memory).

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from pyscsit import pdu as P
-from pyscsit.login import LoginMachine, LoginResult, text_exchange
+from pyscsit.limits import Limits
+from pyscsit.login import LoginMachine, LoginResult, LoginStatus, text_exchange
 from pyscsit.keys import OperationalParams, TextError, encode_text, parse_text
 from pyscsit.scsi import dispatch
 from pyscsit.scsi.lu import MAX_TRANSFER_BYTES
@@ -45,6 +46,15 @@ def sn_le(a: int, b: int) -> bool:
 
 def sn_add(a: int, n: int) -> int:
     return (a + n) & 0xFFFFFFFF
+
+
+def _task_bytes(t: Task) -> int:
+    """What a task holds in memory while in flight: its Data-Out buffer, or its read data."""
+    if t.buffer is not None:
+        return len(t.buffer)
+    # a read above what any LU moves fails without data
+    n = min(t.expected_length, t.info.transfer_length) if t.read else 0
+    return n if n <= MAX_DATA_OUT else 0
 
 
 def _sense_segment(sense: bytes) -> bytes:
@@ -201,8 +211,12 @@ class Phase(Enum):
 
 class Connection:
     def __init__(self, model: Model, registry: SessionRegistry, *, local_addr: tuple[str, int],
-                 peer_addr: tuple[str, int], max_recv_data_segment_length: int = 262144) -> None:
+                 peer_addr: tuple[str, int], max_recv_data_segment_length: int = 262144,
+                 limits: Limits | None = None) -> None:
         self.model = model
+        self.limits = limits or Limits()
+        self._login_text = 0  # login data-segment bytes so far (limits.max_text_bytes)
+        self._granted = 0  # an upper bound of the task bytes in flight (see _room_for)
         self.registry = registry
         self.local_addr = local_addr
         self.peer_addr = peer_addr
@@ -298,13 +312,40 @@ class Connection:
             # §6.1: only Login Requests before full feature phase
             self._close(f"{pdu.OPCODE.name} during login")
             return
-        resp = self.login.handle(pdu)
+        self._login_text += len(pdu.data)
+        if self._login_text > self.limits.max_text_bytes:
+            resp = self._refuse_login(pdu, LoginStatus.INITIATOR_ERROR,
+                                      f"more than {self.limits.max_text_bytes} bytes of text")
+        else:
+            resp = self.login.handle(pdu)
+            r = self.login.result
+            if not self.login.failed and self.login.done and r is not None:
+                held = self._sessions_of(r)
+                if held >= self.limits.max_sessions_per_initiator:
+                    # §11.13.5 03/02: the target lacks session resources; may be retried
+                    resp = self._refuse_login(pdu, LoginStatus.OUT_OF_RESOURCES,
+                                              f"{held} sessions already (limit)")
         self.stat_sn = sn_add(resp.stat_sn, 1)
         self._out.extend(P.encode(resp))
         if self.login.failed:
             self._close(f"login failed {resp.status_class:02x}/{resp.status_detail:02x}")
         elif self.login.done and self.login.result is not None:
             self._enter_ffp(self.login.result)
+
+    def _refuse_login(self, req: P.LoginRequest, status: LoginStatus,
+                      why: str) -> P.LoginResponse:
+        """A login failure decided here, on limits the login machine does not know, logged
+        and answered as its own are."""
+        self.login._refused(status, why)
+        return self.login._failure(req, status)
+
+    def _sessions_of(self, r: LoginResult) -> int:
+        """Sessions the initiator holds, not counting one this login reinstates (§6.3.5)."""
+        name = r.initiator_name.lower()
+        return sum(1 for o in self.registry.sessions.values()
+                   if o.initiator_name.lower() == name
+                   and not (o.isid == r.isid and o.target is r.target
+                            and o.session_type == r.session_type))
 
     def _enter_ffp(self, r: LoginResult) -> None:
         self.cid = r.cid
@@ -489,11 +530,39 @@ class Connection:
             # the EDTL a peer claims: 4 GiB per command would exhaust memory.
             use = min(pdu.expected_length, info.transfer_length)
             t.wanted = max(t.unsolicited_end, use if use <= MAX_DATA_OUT else 0)
+            if not self._room_for(t.wanted):
+                self._task_set_full(pdu)
+                return None
             t.buffer = bytearray(t.wanted)
             if imm:
                 t.buffer[:imm] = pdu.data
+        elif pdu.read and not self._room_for(_task_bytes(t)):
+            self._task_set_full(pdu)
+            return None
         s.tasks[pdu.itt] = t
         return t
+
+    def _room_for(self, n: int) -> bool:
+        """Does a task moving ``n`` bytes fit the connection's budget (limits.max_buffered_bytes:
+        Data-Out buffers and read data of the tasks in flight)? A lone task always fits.
+        ``_granted`` only grows between exact counts, so it bounds the bytes in flight from
+        above; the exact count, O(tasks), runs only when that bound says full."""
+        cap = self.limits.max_buffered_bytes
+        if self._granted + n > cap:
+            s = self.session
+            assert s is not None
+            self._granted = sum(_task_bytes(t) for t in s.tasks.values())
+            if self._granted and self._granted + n > cap:
+                return False
+        self._granted += n
+        return True
+
+    def _task_set_full(self, pdu: P.ScsiCommandPdu) -> None:
+        # SAM-5 5.3: TASK SET FULL; the initiator retries later (its Data-Out is dropped)
+        log.debug("%s: ITT 0x%08x: buffer budget full: TASK SET FULL", self.peer_addr[0],
+                  pdu.itt)
+        self._dead_itts.append(pdu.itt)
+        self._send(P.ScsiResponse(itt=pdu.itt, status=Status.TASK_SET_FULL))
 
     def _scsi_command(self, pdu: P.ScsiCommandPdu) -> None:
         s = self.session
@@ -570,6 +639,15 @@ class Connection:
         if t.delivered and t.r2t_next_offset < t.wanted:
             self._issue_r2ts(t)
         self._maybe_execute(t)
+
+    def waiting_for_data(self) -> list[tuple[int, int]]:
+        """(ITT, bytes received) of every task not executing yet: it waits for Data-Out, or for
+        a command before it in CmdSN order. The server drops a connection whose tasks stop
+        receiving (limits.r2t_timeout)."""
+        s = self.session
+        if s is None:
+            return []
+        return [(t.itt, t.received) for t in s.tasks.values() if not t.executing]
 
     def _fail_transfer(self, t: Task, error: SenseError, why: str) -> None:
         """A Data-Out sequence error. ERL 0 cannot recover the sequence (§7.1.4), but nothing

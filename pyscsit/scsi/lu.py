@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 #: Largest READ/WRITE we accept (Block Limits VPD MAXIMUM TRANSFER LENGTH), in bytes. It bounds
 #: the memory one command can make us allocate.
-MAX_TRANSFER_BYTES = 8 * 1024 * 1024
+MAX_TRANSFER_BYTES = 32 * 1024 * 1024  # libiscsi moves 65536-block (32 MiB) READ16s in WriteSame16.Unmap
 
 _RESET_UA = {
     "lun": UA_LUN_RESET,  # SAM-5 6.3.3 LOGICAL UNIT RESET: 29/03

@@ -441,8 +441,9 @@ def parse_write_atomic(cdb: bytes) -> WriteAtomic:
 def atomic_limits(lu: LogicalUnit) -> tuple[int, int, int]:
     """(MAXIMUM ATOMIC TRANSFER LENGTH, ATOMIC ALIGNMENT, ATOMIC TRANSFER LENGTH GRANULARITY)
     for Block Limits (SBC-4 6.6.4). The whole write is one backend write made under the LU's
-    range lock, so any length up to the maximum transfer length is atomic to other commands."""
-    return lu.max_transfer_blocks, 0, 0
+    range lock, so any length up to the maximum transfer length is atomic to other commands;
+    WRITE ATOMIC(16) carries a 16-bit TRANSFER LENGTH, which caps it too."""
+    return min(lu.max_transfer_blocks, 0xFFFF), 0, 0
 
 
 async def write_atomic(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:

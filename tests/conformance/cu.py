@@ -8,6 +8,9 @@ A test counts as passed only when CUnit says "passed" and the test printed no "[
 on the way (libiscsi passes a test whose command is "not implemented"; that is not a pass).
 
     python -m tests.conformance.cu URL [URL2] [--family Read10 ...]   # print verdicts
+
+A URL may hold "{lun}": family number i of the run then uses LUN i, so every family starts on
+a fresh LU (serve as many LUNs as families).
 """
 
 from __future__ import annotations
@@ -91,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         fams = sorted({ln.split(".")[1] for ln in lst.stdout.split()
                        if ln.startswith("ALL.") and ln.count(".") == 2})
     total = {"passed": 0, "skipped": 0, "failed": 0}
-    for fam in fams:
-        verdicts, _ = run_family(fam, args.urls)
+    for i, fam in enumerate(fams):
+        verdicts, _ = run_family(fam, [u.replace("{lun}", str(i)) for u in args.urls])
         for v in verdicts.values():
             total[v.status] = total.get(v.status, 0) + 1
             print(f"{v.status:8} {v.name}  {v.detail.splitlines()[-1] if v.detail else ''}")

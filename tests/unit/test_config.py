@@ -300,7 +300,8 @@ def test_bad_iscsi_names(name: str, problem: str) -> None:
     ("size: 100MiB}", "size: 100MiB, thin: yes}", ("targets[1].luns.0.thin: unknown key "
      "(did you mean 'thinpool'?)")),
     ("state_dir: state", "state_dir: state\nlisten: 1.2.3.4", ("listen: unknown key (expected "
-     "one of: state_dir, portals, targets, discovery_auth, timeouts, zfs, lvm, host_groups, "
+     "one of: state_dir, portals, targets, discovery_auth, timeouts, limits, zfs, lvm, "
+     "host_groups, "
      "chap_algorithms, login_backoff)")),
 ])
 def test_each_mistake_gives_one_line_naming_the_key(

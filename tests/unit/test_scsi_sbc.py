@@ -165,7 +165,7 @@ async def test_reserved_bit_reported_with_pointer() -> None:
 
 
 async def test_transfer_above_block_limits_max_is_invalid_field() -> None:
-    lu = make_lu(blocks=1 << 16)
+    lu = make_lu(blocks=1 << 17)
     r = await run(lu, r16(0, lu.max_transfer_blocks + 1))
     assert sense_of(r) == (5, 0x24, 0) and field_ptr(r)[0] == 10
 

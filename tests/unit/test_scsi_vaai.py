@@ -6,12 +6,13 @@ import asyncio
 import struct
 
 import pytest
+
 from pyscsit.backends.memory import MemoryBackend
 
 from pyscsit.scsi import registry, vpd
 from pyscsit.scsi.identity import LuIdentity
 from pyscsit.scsi.locks import RangeLock
-from pyscsit.scsi.lu import LogicalUnit
+from pyscsit.scsi.lu import MAX_TRANSFER_BYTES, LogicalUnit
 from pyscsit.scsi.sense import InvalidFieldInCdb
 from pyscsit.scsi.task import Nexus, ScsiCommand, ScsiResult, Status
 from pyscsit.scsi.vaai import parse_compare_and_write
@@ -175,14 +176,15 @@ async def test_last_block_ok_beyond_the_end_fails() -> None:
     assert sense_of(await run(lu, caw(2**64 - 1, 1), bytes(2 * BS))) == (5, 0x21, 0x00)
 
 
-async def test_more_than_the_advertised_maximum_is_refused() -> None:
-    bs = 65536  # 8 MiB maximum transfer = 128 blocks, so the ATS maximum is 128
-    lu = make_lu(blocks=200, bs=bs)
+async def test_maximum_is_255_and_data_out_must_match_it() -> None:
+    bs = 65536  # 32 MiB maximum transfer = 512 blocks: the 1-byte NUMBER OF BLOCKS caps ATS
+    lu = make_lu(blocks=600, bs=bs)
+    assert lu.max_transfer_blocks == MAX_TRANSFER_BYTES // bs == 512
     page = vpd.vpd_page(lu, ESX1, 0xB0)
-    assert page[5] == lu.max_compare_write_blocks == 128  # MAXIMUM COMPARE AND WRITE LENGTH
-    r = await run(lu, caw(0, 129), bytes(2 * 129 * bs))
+    assert page[5] == lu.max_compare_write_blocks == 255  # MAXIMUM COMPARE AND WRITE LENGTH
+    r = await run(lu, caw(0, 255), bytes(2 * 256 * bs))
     assert sense_of(r) == (5, 0x24, 0x00) and field_ptr(r) == (13, None)
-    assert (await run(lu, caw(0, 128), bytes(2 * 128 * bs))).status == Status.GOOD
+    assert (await run(lu, caw(0, 255), bytes(2 * 255 * bs))).status == Status.GOOD
 
 
 async def test_default_maximum_is_255_blocks() -> None:

@@ -408,7 +408,7 @@ async def test_any_cdb_gets_exactly_one_status(opcode: int, rest: bytes, edtl: i
                               cmd_sn=rig.cmd_sn, lun=lun << 48, cdb=bytes([opcode]) + rest))
     statuses: list[P.Pdu] = []
     solicited = 0
-    for _ in range(64):
+    for _ in range(512):
         out = await rig.run()
         statuses += [p for p in out if isinstance(p, P.ScsiResponse)
                      or (isinstance(p, P.DataIn) and p.has_status)]
