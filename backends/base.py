@@ -69,15 +69,17 @@ class Backend(abc.ABC):
             return
         await self.write_pattern(offset, length, bytes(4096))
 
-    async def write_pattern(self, offset: int, length: int, pattern: bytes) -> None:
+    async def write_pattern(self, offset: int, length: int, pattern: bytes, *,
+                            fua: bool = False) -> None:
         """Write ``pattern`` over and over across the range; ``length`` is a multiple of
-        ``len(pattern)``. Written a chunk at a time, so memory stays bounded."""
+        ``len(pattern)``. Written a chunk at a time, so memory stays bounded; with ``fua``
+        each chunk is durable before the next is written."""
         reps = max(1, _PATTERN_CHUNK // len(pattern))
         chunk = memoryview(pattern * reps)
         end = offset + length
         while offset < end:
             n = min(len(chunk), end - offset)
-            await self.write(offset, chunk[:n])
+            await self.write(offset, chunk[:n], fua)
             offset += n
 
     async def lba_status(self, offset: int, length: int) -> list[Extent]:

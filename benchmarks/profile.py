@@ -51,7 +51,10 @@ def _frame_name(frame: str) -> str:
 
 
 def top_functions(raw_text: str, n: int = 15) -> tuple[int, list[Hot]]:
-    """Collapsed stacks ("frame;frame;... COUNT" per line) -> total samples, top ``n`` by self."""
+    """Collapsed stacks ("frame;frame;... COUNT" per line) -> busy samples, top ``n`` by self.
+
+    Idle thread-pool workers are left out of both.
+    """
     self_c: Counter[str] = Counter()
     total_c: Counter[str] = Counter()
     samples = 0
@@ -64,6 +67,9 @@ def top_functions(raw_text: str, n: int = 15) -> tuple[int, list[Hot]]:
         frames = [f for f in frames if not f.startswith(("process ", "thread "))]
         if not frames:
             continue
+        if (any(f.startswith("_worker (") for f in frames)
+                and not any(f.startswith("_WorkItem.run (") for f in frames)):
+            continue  # an idle pool thread waiting for work, which py-spy counts as active
         samples += k
         self_c[frames[-1]] += k
         for f in set(frames):

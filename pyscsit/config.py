@@ -128,6 +128,8 @@ class LunConfig:
     path: str  # absolute
     size: int | None = None  # bytes; None = use an existing file as it is
     block_size: int = 512
+    # None: what the backend says (4096 for files: 512e); 512 makes a 512n LU
+    physical_block_size: int | None = None
     read_only: bool = False
     # block / zvol / lvm (issue 4). For zvol and lvm, ``path`` is the device, found under
     # the zfs:/lvm: dev_root; sparse/volblocksize/thinpool record how the volume was made.
@@ -469,7 +471,8 @@ def _backend_keys(m: dict[str, Any], backend: str, path: str) -> dict[str, Any]:
 
 def _lun(value: object, path: str, base_dir: Path) -> LunConfig:
     own_keys = tuple(dict.fromkeys(k for keys in BACKEND_KEYS.values() for k in keys))
-    m = _mapping(value, path, ("backend",), ("size", "block_size", "read_only", *own_keys))
+    m = _mapping(value, path, ("backend",), ("size", "block_size", "physical_block_size",
+                                             "read_only", *own_keys))
     backend = m["backend"]
     if backend in PLANNED_BACKENDS:
         _fail(_join(path, "backend"), f"backend {backend!r} is not supported yet "
@@ -488,6 +491,12 @@ def _lun(value: object, path: str, base_dir: Path) -> LunConfig:
     if isinstance(block_size, bool) or block_size not in BLOCK_SIZES:
         _fail(_join(path, "block_size"), f"{block_size!r} is not a block size (one of: "
               f"{', '.join(map(str, BLOCK_SIZES))})")
+    physical: int | None = m.get("physical_block_size")
+    if physical is not None and (isinstance(physical, bool) or not isinstance(physical, int)
+                                 or physical < block_size or physical > 65536
+                                 or physical & (physical - 1)):
+        _fail(_join(path, "physical_block_size"), f"{physical!r} is not a power of two from "
+              f"the block size ({block_size}) to 65536")
     size: int | None = None
     if m.get("size") is not None:
         try:
@@ -501,7 +510,7 @@ def _lun(value: object, path: str, base_dir: Path) -> LunConfig:
     if not isinstance(read_only, bool):
         _fail(_join(path, "read_only"), f"expected true or false, got {read_only!r}")
     return LunConfig(backend=backend, path=file_path, size=size, **extra,
-                     block_size=block_size, read_only=read_only)
+                     block_size=block_size, physical_block_size=physical, read_only=read_only)
 
 
 def _resolve(base_dir: Path, text: str) -> Path:
@@ -580,7 +589,8 @@ def _timeouts(value: object, path: str) -> Timeouts:
 
 LIMIT_COUNTS = ("max_connections", "max_connections_per_address", "max_pending_logins",
                 "max_sessions_per_initiator")
-LIMIT_SIZES = {"max_buffered_bytes": (1 << 20, 1 << 40), "max_text_bytes": (8192, 1 << 24)}
+LIMIT_SIZES = {"max_buffered_bytes": (1 << 20, 1 << 40, "1MiB to 1TiB"),
+               "max_text_bytes": (8192, 1 << 24, "8KiB to 16MiB")}
 
 
 def _limits(value: object, path: str) -> Limits:
@@ -597,13 +607,13 @@ def _limits(value: object, path: str) -> Limits:
                 _fail(where, f"{v!r} is not a number of seconds (more than 0, at most 86400)")
             got[key] = float(v)
         else:
-            lo, hi = LIMIT_SIZES[key]
+            lo, hi, span = LIMIT_SIZES[key]
             try:
                 n = parse_size(v)
             except ValueError as e:
                 _fail(where, str(e))
             if not lo <= n <= hi:
-                _fail(where, f"{v!r} is out of range ({lo} bytes to {hi >> 20} MiB)")
+                _fail(where, f"{v!r} is out of range ({span})")
             got[key] = n
     return Limits(**got)
 
@@ -1031,6 +1041,7 @@ def build_model(cfg: ServerConfig) -> Model:
                 pr_path = os.path.join(cfg.state_dir, f"pr-{identity.naa.hex()}.json")
                 try:
                     luns[number] = LogicalUnit(backend, identity, block_size=lun.block_size,
+                                               physical_block_size=lun.physical_block_size,
                                                read_only=lun.read_only, pr_state_path=pr_path)
                 except ValueError as e:
                     raise ConfigError(cfg.source, "state_dir", f"{where}: {e}") from None

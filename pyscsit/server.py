@@ -41,7 +41,8 @@ class ServerOptions:
     nop_interval: float = 15.0  # idle seconds before the target pings (NOP-In)
     nop_timeout: float = 15.0  # seconds to wait for the NOP-Out answer before dropping
     max_recv_data_segment_length: int = 262144
-    limits: Limits = field(default_factory=Limits)  # connection caps, Data-Out timeout, buffer budget (limits.py)
+    # connection caps, Data-Out timeout, buffer budget (limits.py)
+    limits: Limits = field(default_factory=Limits)
 
 
 class IscsiServer:
@@ -369,7 +370,9 @@ class IscsiProtocol(asyncio.Protocol):
             self.abort()
             return
         idle = now - self.last_rx
-        if idle >= opts.nop_interval:
+        # a PDU left half-sent is pinged like silence: a peer trickling it a byte at a time
+        # cannot answer, and so cannot hold the connection forever
+        if idle >= opts.nop_interval or self.conn.reader.buffered:
             self.conn.ping(now)
             self.pump()
             self._schedule(opts.nop_timeout)

@@ -84,6 +84,7 @@ class LogicalUnit:
         product: str = "VIRTUAL-DISK",
         revision: str = "0001",
         pr_state_path: str | os.PathLike[str] | None = None,
+        physical_block_size: int | None = None,
     ) -> None:
         if block_size < 512 or block_size > 65536 or block_size & (block_size - 1):
             raise ValueError("block_size must be a power of two from 512 to 65536")
@@ -106,7 +107,9 @@ class LogicalUnit:
         self.range_lock = RangeLock()
         # The LUs an EXTENDED COPY sent here may name as copy targets (config sets it).
         self.directory: xcopy.LuDirectory | None = None
-        phys = backend.physical_block_size
+        # READ CAPACITY(16) LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT (SBC-3 5.16.2)
+        phys = max(physical_block_size or backend.physical_block_size, block_size)
+        self.physical_block_size = phys
         self.lbppbe = max(0, (phys // block_size).bit_length() - 1) if phys > block_size else 0
         # Logical block provisioning: claimed only for what the registry and backend both do.
         can_unmap = backend.supports_unmap and not self.read_only

@@ -402,7 +402,10 @@ async def _sanitize_medium(lu: LogicalUnit, action: int, params: OverwriteParams
                     # INVERT (SBC-3 5.21.2): the pattern is inverted between passes; the last
                     # pass writes it as given.
                     use = inverted if params.invert and (params.passes - 1 - i) % 2 else block
-                    await lu.backend.write_pattern(0, n * bs, use)
+                    # SBC-3 4.11: the overwrite alters the medium itself. Each chunk is made
+                    # durable before the next, so what SANITIZE reports done (or, after a
+                    # crash, failed part-way) is on disk, not in a cache.
+                    await lu.backend.write_pattern(0, n * bs, use, fua=True)
             else:
                 # BLOCK ERASE / CRYPTO ERASE, emulated: deallocate everything when the store
                 # can (reads then return zeros), else write zeros over it.

@@ -79,7 +79,7 @@ def _extended_inquiry(lu: LogicalUnit, nexus: Nexus) -> bytes:
 def _block_limits(lu: LogicalUnit, nexus: Nexus) -> bytes:
     # SBC-3 6.6.3; page length 0x3C
     body = bytearray(0x3C)
-    granularity = max(1, lu.backend.physical_block_size // lu.block_size)
+    granularity = max(1, lu.physical_block_size // lu.block_size)
     body[1] = lu.max_compare_write_blocks  # MAXIMUM COMPARE AND WRITE LENGTH (SBC-3 5.2)
     struct.pack_into(">H", body, 2, min(granularity, 0xFFFF))  # OPTIMAL TRANSFER LENGTH GRAN.
     struct.pack_into(">I", body, 4, lu.max_transfer_blocks)  # MAXIMUM TRANSFER LENGTH

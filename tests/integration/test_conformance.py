@@ -19,6 +19,17 @@ pytestmark = pytest.mark.integration
 
 FAMILIES = load_list()
 
+# LU settings a family runs with, when not the default thin 1 GiB 512e file LU:
+# - ReadOnly checks that every write-type command is refused: it needs a read-only LU.
+# - GetLBAStatus.UnmapSingle's second loop expects, for a request at LBA i+1, a first
+#   descriptor at i+LBPPB; SBC-3 5.20 puts the requested LBA there. The two agree only with one
+#   logical block per physical block, so that family runs on a 512n LU (physical_block_size
+#   512). With the default 4096-byte physical blocks that one test fails on the libiscsi side.
+FAMILY_LU = {
+    "ReadOnly": {"read_only": True},
+    "GetLBAStatus": {"physical_block_size": 512},
+}
+
 
 @pytest.fixture(scope="module")
 def cu_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
@@ -27,8 +38,9 @@ def cu_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     tmp = tmp_path_factory.mktemp("cu")
     cfg = file_lun_config(tmp, size="1GiB")
     cfg["targets"][0]["luns"] = {
-        n: {"backend": "file", "path": str(tmp / f"lu{n}.img"), "size": "1GiB"}
-        for n in range(len(FAMILIES))}
+        n: {"backend": "file", "path": str(tmp / f"lu{n}.img"), "size": "1GiB",
+            **FAMILY_LU.get(family, {})}
+        for n, family in enumerate(FAMILIES)}
     s = start_server(tmp, cfg)
     yield s
     rc = s.stop()

@@ -9,7 +9,6 @@ their own, since their settings would change the other cases.
 
 from __future__ import annotations
 
-import os
 import random
 import socket
 import threading
@@ -265,6 +264,19 @@ def test_slow_loris_login_is_cut_off_by_the_login_timeout(hostile: Hostile) -> N
         took = time.monotonic() - start
         assert took < LOGIN_TIMEOUT + 1.5
     assert hostile.logged("login timeout")
+    with hostile.connect() as ini:  # in full feature phase: the NOP ping cannot be answered
+        ini.login(IQN)
+        wire = ini.encode(P.NopOut(immediate=True, itt=5, cmd_sn=ini.cmd_sn, data=bytes(64)))
+        start = time.monotonic()
+        try:
+            for byte in wire * 10:
+                ini.send_raw(bytes([byte]))
+                time.sleep(0.05)
+                if time.monotonic() - start > 8:
+                    break
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        assert time.monotonic() - start < 4  # nop_interval 1 s + nop_timeout 1 s
     hostile.still_serves()
 
 

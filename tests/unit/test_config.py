@@ -489,6 +489,42 @@ def test_bad_timeouts_name_the_key(tmp_path: Path, text: str, message: str) -> N
     assert error_of(tmp_path, GOOD + text + "\n") == message
 
 
+def test_limits_reach_the_server_options(tmp_path: Path) -> None:
+    from pyscsit.limits import Limits
+
+    cfg = load_config(write(tmp_path, GOOD + "limits: {max_connections: 100, "
+                            "max_connections_per_address: 8, max_pending_logins: 4, "
+                            "max_sessions_per_initiator: 2, r2t_timeout: 2.5, "
+                            "max_buffered_bytes: 32MiB, max_text_bytes: 16KiB}\n"))
+    want = Limits(max_connections=100, max_connections_per_address=8, max_pending_logins=4,
+                  max_sessions_per_initiator=2, r2t_timeout=2.5, max_buffered_bytes=32 << 20,
+                  max_text_bytes=16 << 10)
+    assert cfg.limits == want and server_options(cfg).limits == want
+    assert server_options(load_config(write(tmp_path, GOOD))).limits == Limits()
+    partial = load_config(write(tmp_path, GOOD + "limits: {r2t_timeout: 5}\n"))
+    assert partial.limits == Limits(r2t_timeout=5.0)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("limits: {max_connections: 0}", "limits.max_connections: 0 is not a count (1 to "
+     "1000000)"),
+    ("limits: {max_pending_logins: many}", "limits.max_pending_logins: 'many' is not a count "
+     "(1 to 1000000)"),
+    ("limits: {max_sessions_per_initiator: true}", "limits.max_sessions_per_initiator: True "
+     "is not a count (1 to 1000000)"),
+    ("limits: {r2t_timeout: -1}", "limits.r2t_timeout: -1 is not a number of seconds (more "
+     "than 0, at most 86400)"),
+    ("limits: {max_buffered_bytes: 64KiB}", "limits.max_buffered_bytes: '64KiB' is out of "
+     "range (1MiB to 1TiB)"),
+    ("limits: {max_text_bytes: 10MB}", "limits.max_text_bytes: '10MB' is not a size (sizes "
+     "are powers of 1024: write GiB or G)"),
+    ("limits: {max_conections: 3}", "limits.max_conections: unknown key (did you mean "
+     "'max_connections'?)"),
+])
+def test_bad_limits_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    assert error_of(tmp_path, GOOD + text + "\n") == message
+
+
 # -- access control and login policy (issue 5) ---------------------------------------------------
 
 ACL = """\

@@ -37,7 +37,7 @@ class Conn:
 
 
 def admission(**kw: int) -> Admission[Conn]:
-    return Admission(Limits(**kw), Conn.key)  # type: ignore[arg-type]
+    return Admission(Limits(**kw), Conn.key)
 
 
 def test_an_idle_flood_from_one_address_never_locks_out_a_newcomer() -> None:

@@ -548,3 +548,50 @@ def test_arbitrary_bytes_after_login_never_raise(noise: bytes, digests: bool) ->
     for ev in rig.conn.take_events():
         assert isinstance(ev, (Close, ExecuteTask))
     rig.out()  # whatever came out frames as PDUs
+
+
+def _with_digests(pdu: bytes, corrupt: int) -> bytes:
+    """A framed PDU (as hostile_pdus makes it) with CRC32C header and data digests (§11.1,
+    RFC 3720 B.4): correct ones, so the mutated fields reach the session, or with
+    ``corrupt`` 1 a wrong header digest and 2 a wrong data digest."""
+    from pyscsit.digest import crc32c
+
+    header_len = P.BHS_LEN + pdu[4] * 4
+    dlen = int.from_bytes(pdu[5:8], "big")
+    header, data = pdu[:header_len], pdu[header_len:]
+    hd = crc32c(header, 0) ^ (0xFFFF if corrupt == 1 else 0)
+    out = header + hd.to_bytes(4, "little") + data
+    if dlen:
+        dd = crc32c(data, 0) ^ (0xFFFF if corrupt == 2 else 0)
+        out += dd.to_bytes(4, "little")
+    return out
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stream=st.lists(st.tuples(hostile_pdus(), st.sampled_from([0, 0, 0, 1, 2])),
+                       min_size=1, max_size=6), split=st.integers(1, 97))
+async def test_hostile_pdus_with_digests_never_raise(stream: list[tuple[bytes, int]],
+                                                     split: int) -> None:
+    """The same mutated PDUs on a connection with both digests on: each is answered, rejected
+    (a wrong data digest, §7.8) or ends the connection cleanly (a wrong header digest)."""
+    rig = Rig(lun_size=1 << 20)
+    rig.login(header_digest=True, data_digest=True)
+    wire = b"".join(_with_digests(pdu, corrupt) for pdu, corrupt in stream)
+    for i in range(0, len(wire), split):
+        rig.conn.receive_data(wire[i: i + split])
+    events = rig.conn.take_events()
+    rig.pending_events = events
+    out = await rig.run()
+    closed = any(isinstance(e, Close) for e in events + rig.pending_events)
+    if any(corrupt == 1 for _, corrupt in stream[:1]):
+        assert closed  # the first header digest is wrong: nothing after it can be framed
+    if closed:
+        return
+    assert not any(corrupt == 1 for _, corrupt in stream)
+    if any(corrupt == 2 and pdu[5:8] != bytes(3) for pdu, corrupt in stream):  # has data
+        assert any(isinstance(p, P.Reject) and p.reason == P.RejectReason.DATA_DIGEST_ERROR
+                   for p in out)
+    itt = 0x7777_7777
+    rig.send(P.NopOut(immediate=True, itt=itt, data=b"alive"))
+    pongs = [p for p in await rig.run() if isinstance(p, P.NopIn) and p.itt == itt]
+    assert [bytes(p.data) for p in pongs] == [b"alive"]
