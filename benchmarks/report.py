@@ -106,7 +106,8 @@ def markdown(meta: dict[str, Any], summaries: list[Summary], results: list[RunRe
     by_key = {s.key: s for s in summaries}
     L = [f"# pyscsit vs tgtd: {meta['date']} on {meta['host']}", "",
          (f"`{meta['command']}`: {meta['pairs']} alternated pairs (pyscsit, tgtd, then tgtd, "
-         f"pyscsit, ...), {meta['duration_s'] / 60:.1f} min. pyscsit {meta['git']}; "
+         f"pyscsit, ...), {meta['duration_s'] / 60:.1f} min. pyscsit {meta['git']} "
+         f"(pyscsit/ + backends/ sha256 {meta.get('source_sha256', '?')}); "
          f"{meta['tgtd']}; {meta['qemu_img']}; libiscsi {meta['libiscsi']}; "
          f"{meta['cpus']} vCPUs, kernel {meta['kernel']}, Python {meta['python']}. "
          "Loopback TCP, each target serving its own pre-written 1 GiB file from the page "
@@ -155,7 +156,9 @@ def markdown(meta: dict[str, Any], summaries: list[Summary], results: list[RunRe
             rate = f"{ld.iops / 1000:.1f}K IOPS while sampled" if ld and ld.ok else ""
             L += [(f"Flamegraph: [{prof.svg}]({prof.svg}); collapsed stacks: "
                   f"[{prof.raw}]({prof.raw}). {prof.samples} samples at {prof.rate} Hz over "
-                  f"{prof.seconds} s of the main thread and pool threads ({rate})."), "",
+                  f"{prof.seconds} s of the event-loop thread and busy pool threads ({rate}; "
+                  "idle pool threads left out). Self: the innermost Python frame, so a C call "
+                  "(a system call, the CRC) counts for the line that made it."), "",
                   "| # | function (file:first line) | self % | total % |", "|---|---|---|---|"]
             for i, h in enumerate(prof.top, 1):
                 L.append(f"| {i} | `{h.function}` | {h.self_pct:.1f} | {h.total_pct:.1f} |")
@@ -228,6 +231,24 @@ def chart(path: Path, meta: dict[str, Any], summaries: list[Summary]) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def load_json(path: Path) -> tuple[dict[str, Any], list[RunResult], dict[str, dict[str, str]],
+                                   dict[str, list[str]], Profile | None]:
+    """The inputs of markdown() and chart() back from a results file (``--render``)."""
+    from benchmarks.profile import Hot
+
+    doc = json.loads(path.read_text())
+    results = [RunResult(**r) for r in doc["runs"]]
+    commands = {s["case"]: s["commands"] for s in doc["summary"]}
+    prof = None
+    if doc.get("profile"):
+        p = dict(doc["profile"])
+        p["top"] = [Hot(**h) for h in p["top"]]
+        p["native_top"] = [Hot(**h) for h in p.get("native_top", [])]
+        p["load"] = RunResult(**p["load"]) if p.get("load") else None
+        prof = Profile(**p)
+    return doc["meta"], results, commands, doc["servers"], prof
 
 
 def write_json(path: Path, meta: dict[str, Any], summaries: list[Summary],

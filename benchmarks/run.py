@@ -2,6 +2,7 @@
 
     python -m benchmarks.run [--quick] [--pairs N] [--nice N] [--cases K,...] [--no-profile]
                              [--workdir DIR] [--out DIR] [--max-minutes M]
+    python -m benchmarks.run --render benchmarks/results/<date>-<host>.json
 
 Starts both targets on 127.0.0.1 (free ports) over their own pre-written 1 GiB file, runs every
 case against both, alternating which goes first in each pair, then profiles pyscsit under 4 KiB
@@ -144,6 +145,19 @@ def run_pairs(cases: list[Case], servers: list[Server], settings: Settings, pair
     return results
 
 
+def render(path: Path) -> int:
+    meta, results, commands, server_cmds, prof = report.load_json(path)
+    keys = {r.case for r in results}
+    cases = [c for c in all_cases() if c.key in keys]
+    summaries = report.summarize(cases, results)
+    out = path.parent
+    (out / "latest.md").write_text(
+        report.markdown(meta, summaries, results, commands, server_cmds, prof))
+    report.chart(out / "latest.png", meta, summaries)
+    print(f"wrote {out / 'latest.md'}, {out / 'latest.png'} from {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split(
@@ -162,7 +176,11 @@ def main(argv: list[str] | None = None) -> int:
                     "keeps it from deciding the result (default 0)")
     ap.add_argument("--max-minutes", type=float, default=30.0,
                     help="stop starting new cases after this long (default 30)")
+    ap.add_argument("--render", metavar="JSON",
+                    help="only rewrite latest.md and latest.png (beside JSON) from a results file")
     args = ap.parse_args(argv)
+    if args.render:
+        return render(Path(args.render))
     args.pairs = args.pairs or (1 if args.quick else 5)
     missing = [t for t in TOOLS if shutil.which(t) is None]
     if missing:
