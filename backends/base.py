@@ -87,5 +87,5 @@ class Backend(abc.ABC):
         early (bounded work on a fragmented store): the runs then end before offset+length."""
         return [Extent(offset, length, True)]
 
-    def close(self) -> None:  # noqa: B027 - optional hook
-        pass
+    def close(self) -> None:
+        """Release what the store holds (descriptors, threads); a no-op by default."""

@@ -15,9 +15,7 @@ size must be at least that; config.py checks). FUA is RWF_DSYNC, SYNCHRONIZE CAC
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import logging
@@ -25,11 +23,16 @@ import mmap
 import os
 import stat
 import struct
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
 
-from .base import Backend, BackendError, Extent
+from .base import BackendError, Extent
+from .posix import (
+    FALLOC_FL_KEEP_SIZE,
+    FALLOC_FL_PUNCH_HOLE,
+    FdBackend,
+    fallocate,
+    libc_function,
+    scan_extents,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,43 +44,14 @@ BLKDISCARDZEROES = 0x127C
 BLKPBSZGET = 0x127B
 BLKZEROOUT = 0x127F
 BLKGETSIZE64 = 0x80081272
-
-FALLOC_FL_KEEP_SIZE = 0x01
-FALLOC_FL_PUNCH_HOLE = 0x02
 _RWF_DSYNC: int = getattr(os, "RWF_DSYNC", 0)
-_WORKERS = 4
-
-_T = TypeVar("_T")
-
-
-def _load_fallocate() -> Callable[[int, int, int, int], int] | None:
-    try:
-        fn = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).fallocate
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_fallocate = _load_fallocate()
 
 SYNC_FILE_RANGE_WAIT_BEFORE = 1
 SYNC_FILE_RANGE_WRITE = 2
 SYNC_FILE_RANGE_WAIT_AFTER = 4
 
-
-def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    try:
-        fn = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_sync_file_range = _load_sync_file_range()
+_sync_file_range = libc_function("sync_file_range", [ctypes.c_int, ctypes.c_int64,
+                                                     ctypes.c_int64, ctypes.c_uint])
 
 
 def _ioctl_uint(fd: int, request: int, fmt: str = "I") -> int:
@@ -115,39 +89,13 @@ def _loop_backing(rdev: int) -> tuple[str, int] | None:
     return backing, offset
 
 
-def scan_extents(fd: int, start: int, length: int, shift: int = 0) -> list[Extent]:
-    """Mapped/unmapped runs of ``fd``'s bytes [start, start+length), via SEEK_DATA/SEEK_HOLE.
+class BlockBackend(FdBackend):
+    pool_name = "pyscsit-block"
 
-    Extents are reported ``shift`` bytes lower (a loop device's offset into its file).
-    """
-    end = start + length
-    out: list[Extent] = []
-    pos = start
-    while pos < end:
-        try:
-            data = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno != errno.ENXIO:
-                raise
-            data = end  # nothing but hole from here on
-        if data > pos:
-            stop = min(data, end)
-            out.append(Extent(pos - shift, stop - pos, False))
-        else:
-            stop = min(max(os.lseek(fd, pos, os.SEEK_HOLE), pos + 1), end)
-            out.append(Extent(pos - shift, stop - pos, True))
-        pos = stop
-    return out
-
-
-class BlockBackend(Backend):
     def __init__(self, fd: int, path: str, *, read_only: bool = False, direct: bool = False,
                  locator: str | None = None, discard_zeroes: bool | None = None) -> None:
-        self._fd = fd
-        self.path = path
-        self.read_only = read_only
+        super().__init__(fd, path, read_only=read_only, locator=locator or "block:" + path)
         self.direct = direct
-        self.locator = locator or "block:" + path
         st = os.fstat(fd)
         self._rdev = st.st_rdev
         self.logical_block_size = _ioctl_uint(fd, BLKSSZGET, "i")
@@ -163,8 +111,6 @@ class BlockBackend(Backend):
         # What LBPRZ promises is fixed at open: a later fallback must keep the promise.
         self._zeros = self._write_zeroes or discard_zeroes
         self._loop = _loop_backing(self._rdev)
-        self._pool: ThreadPoolExecutor | None = None
-        self._closed = False
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, read_only: bool = False,
@@ -220,16 +166,6 @@ class BlockBackend(Backend):
 
     # --- I/O -------------------------------------------------------------------------------------
 
-    def _executor(self) -> ThreadPoolExecutor:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(_WORKERS, thread_name_prefix="pyscsit-block")
-        return self._pool
-
-    async def _run(self, fn: Callable[..., _T], *args: object) -> _T:
-        if self._closed:
-            raise BackendError(f"{self.path}: closed")
-        return await asyncio.get_running_loop().run_in_executor(self._executor(), fn, *args)
-
     def _check_aligned(self, offset: int, length: int) -> None:
         if self.direct and (offset | length) % self.logical_block_size:
             raise BackendError(f"{self.path}: O_DIRECT I/O at {offset}+{length} is not aligned "
@@ -239,7 +175,7 @@ class BlockBackend(Backend):
         if length == 0:
             return bytearray()
         self._check_aligned(offset, length)
-        return await self._run(self._read_blocking, offset, length)
+        return await self._in_pool(self._read_blocking, offset, length)
 
     def _read_blocking(self, offset: int, length: int) -> bytearray | memoryview:
         # O_DIRECT wants a page-aligned buffer: an anonymous mmap is one.
@@ -265,7 +201,7 @@ class BlockBackend(Backend):
                 await self.flush()
             return
         self._check_aligned(offset, len(data))
-        await self._run(self._write_blocking, offset, data, fua)
+        await self._in_pool(self._write_blocking, offset, data, fua)
 
     def _write_blocking(self, offset: int, data: memoryview | bytes, fua: bool) -> None:
         view = memoryview(data)
@@ -283,27 +219,11 @@ class BlockBackend(Backend):
         except OSError as exc:
             raise BackendError(f"{self.path}: write at {offset}: {exc.strerror}") from exc
 
-    async def flush(self) -> None:
-        if not self.read_only:
-            await self._run(self._flush_blocking)
-
-    def _flush_blocking(self) -> None:
-        try:
-            os.fdatasync(self._fd)  # on a block device: a cache flush to the medium
-        except OSError as exc:
-            raise BackendError(f"{self.path}: fdatasync: {exc.strerror}") from exc
-
-    async def unmap(self, offset: int, length: int) -> None:
-        if not self.supports_unmap:
-            raise BackendError(f"{self.path}: unmap not supported")
-        if length:
-            await self._run(self._unmap_blocking, offset, length)
-
     def _unmap_blocking(self, offset: int, length: int) -> None:
         try:
-            if self._write_zeroes and _fallocate is not None:
+            if self._write_zeroes and fallocate is not None:
                 mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
-                if _fallocate(self._fd, mode, offset, length) == 0:
+                if fallocate(self._fd, mode, offset, length) == 0:
                     return
                 err = ctypes.get_errno()
                 if err not in (errno.EOPNOTSUPP, errno.ENODEV):
@@ -329,7 +249,7 @@ class BlockBackend(Backend):
             await self.unmap(offset, length)
             return
         self._check_aligned(offset, length)
-        await self._run(self._zeroout, offset, length)
+        await self._in_pool(self._zeroout, offset, length)
 
     def _zeroout(self, offset: int, length: int) -> None:
         # BLKZEROOUT keeps the range allocated (the kernel asks the device not to unmap);
@@ -343,7 +263,7 @@ class BlockBackend(Backend):
     async def lba_status(self, offset: int, length: int) -> list[Extent]:
         if self._loop is None:
             return [Extent(offset, length, True)]  # the device cannot say: all mapped
-        return await self._run(self._loop_status, offset, length)
+        return await self._in_pool(self._loop_status, offset, length)
 
     def _loop_status(self, offset: int, length: int) -> list[Extent]:
         assert self._loop is not None
@@ -372,15 +292,6 @@ class BlockBackend(Backend):
             raise BackendError(f"{self.path}: lba status: {exc.strerror}") from exc
         finally:
             os.close(fd)
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
-        os.close(self._fd)
 
     def __repr__(self) -> str:
         mode = "ro" if self.read_only else "rw"

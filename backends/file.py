@@ -2,60 +2,53 @@
 
 Reads try ``preadv(..., RWF_NOWAIT)`` on the event loop first: a page-cache hit costs well under
 a microsecond and needs no thread hop. A miss (EAGAIN) or short read finishes on a small thread
-pool, as do writes, fdatasync, hole punching and SEEK_DATA scans, so the loop never blocks.
+pool, as do large and FUA writes, fdatasync, hole punching and SEEK_DATA scans. Small buffered
+writes are done on the loop (RWF_NOWAIT where the filesystem has it, else timed: see write()).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import errno
 import logging
 import os
 import stat
-from concurrent.futures import ThreadPoolExecutor
+import time
 
-from .base import Backend, BackendError, Extent
+from .base import BackendError, Extent
+from .posix import (
+    FALLOC_FL_KEEP_SIZE,
+    FALLOC_FL_PUNCH_HOLE,
+    FALLOC_FL_ZERO_RANGE,
+    FdBackend,
+    fallocate,
+    scan_extents,
+)
 
 log = logging.getLogger(__name__)
 
-FALLOC_FL_KEEP_SIZE = 0x01
-FALLOC_FL_PUNCH_HOLE = 0x02
-FALLOC_FL_ZERO_RANGE = 0x10
 _MAX_EXTENTS = 4096  # per lba_status call
-_WORKERS = 4
 
 _RWF_NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)
 _RWF_DSYNC: int = getattr(os, "RWF_DSYNC", 0)
 
-
-def _load_fallocate() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name, use_errno=True)
-        fn = libc.fallocate
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    fn.restype = ctypes.c_int
-    return fn
+# Small buffered writes without RWF_NOWAIT: inline up to this size, unless one was slow
+# (see FileBackend.write; measured in benchmarks/README.md)
+INLINE_WRITE_MAX = 64 * 1024
+SLOW_WRITE = 0.002  # seconds
+POOL_AFTER_SLOW = 1.0  # seconds
 
 
-_fallocate = _load_fallocate()
+class FileBackend(FdBackend):
+    pool_name = "pyscsit-file"
+    _pool_until = 0.0  # monotonic time until which small writes go to the pool (write())
 
-
-class FileBackend(Backend):
     def __init__(self, fd: int, path: str, *, read_only: bool = False) -> None:
-        self._fd = fd
-        self.path = path
-        self.read_only = read_only
-        self.locator = "file:" + path
-        self._pool: ThreadPoolExecutor | None = None
+        super().__init__(fd, path, read_only=read_only, locator="file:" + path)
         self._nowait = _RWF_NOWAIT
         self._nowait_write = _RWF_NOWAIT
         self._zero_range = True
-        self._closed = False
 
     @classmethod
     def open(
@@ -104,16 +97,11 @@ class FileBackend(Backend):
 
     @property
     def supports_unmap(self) -> bool:
-        return _fallocate is not None and not self.read_only
+        return fallocate is not None and not self.read_only
 
     @property
     def unmap_reads_zeros(self) -> bool:
         return True  # a punched hole reads back as zeros
-
-    def _executor(self) -> ThreadPoolExecutor:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(_WORKERS, thread_name_prefix="pyscsit-file")
-        return self._pool
 
     async def _run(self, fn: object, *args: object) -> object:
         loop = asyncio.get_running_loop()
@@ -175,6 +163,22 @@ class FileBackend(Backend):
                 return
             if done:
                 data, offset = memoryview(data)[done:], offset + done
+        elif not fua and len(data) <= INLINE_WRITE_MAX:
+            # No RWF_NOWAIT for buffered writes (ext4 on 6.18 says EOPNOTSUPP): a small
+            # buffered write is a page-cache copy, ~5 us per 4 KiB against ~28 us for the
+            # thread-pool hop, so it is done here unless the kernel has lately been making
+            # writers wait (dirty-page throttling, balance_dirty_pages): a write slower than
+            # SLOW_WRITE sends small writes to the pool for POOL_AFTER_SLOW seconds.
+            now = time.monotonic()
+            if now >= self._pool_until:
+                self._write_blocking(data, offset, False)
+                took = time.monotonic() - now
+                if took > SLOW_WRITE:
+                    self._pool_until = now + took + POOL_AFTER_SLOW
+                    log.debug("%s: a %d-byte write took %.1f ms: small writes go to the "
+                              "thread pool for %g s", self.path, len(data), took * 1e3,
+                              POOL_AFTER_SLOW)
+                return
         await self._run(self._write_blocking, data, offset, fua)
 
     def _write_blocking(self, data: memoryview | bytes, offset: int, fua: bool) -> None:
@@ -191,27 +195,11 @@ class FileBackend(Backend):
         except OSError as exc:
             raise BackendError(f"{self.path}: write at {offset}: {exc.strerror}") from exc
 
-    async def flush(self) -> None:
-        if self.read_only:
-            return
-        await self._run(self._flush_blocking)
-
-    def _flush_blocking(self) -> None:
-        try:
-            os.fdatasync(self._fd)
-        except OSError as exc:
-            raise BackendError(f"{self.path}: fdatasync: {exc.strerror}") from exc
-
-    async def unmap(self, offset: int, length: int) -> None:
-        if not self.supports_unmap:
-            raise BackendError(f"{self.path}: unmap not supported")
-        if length:
-            await self._run(self._punch, offset, length)
-
-    def _punch(self, offset: int, length: int) -> None:
-        assert _fallocate is not None
+    def _unmap_blocking(self, offset: int, length: int) -> None:
+        """Punch a hole: the range is deallocated and reads back as zeros."""
+        assert fallocate is not None
         mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
-        if _fallocate(self._fd, mode, offset, length) != 0:
+        if fallocate(self._fd, mode, offset, length) != 0:
             err = ctypes.get_errno()
             raise BackendError(f"{self.path}: punch hole: {os.strerror(err)}")
 
@@ -221,19 +209,19 @@ class FileBackend(Backend):
         if not length:
             return
         if deallocate and self.supports_unmap:
-            await self._run(self._punch, offset, length)
+            await self._in_pool(self._unmap_blocking, offset, length)
             return
         # ZERO_RANGE keeps the range allocated (unwritten extents) without writing it.
-        if _fallocate is not None and self._zero_range:
-            ok = await self._run(self._zero, offset, length)
+        if fallocate is not None and self._zero_range:
+            ok = await self._in_pool(self._zero, offset, length)
             if ok:
                 return
         await super().write_zeroes(offset, length)
 
     def _zero(self, offset: int, length: int) -> bool:
-        assert _fallocate is not None
+        assert fallocate is not None
         mode = FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE
-        if _fallocate(self._fd, mode, offset, length) == 0:
+        if fallocate(self._fd, mode, offset, length) == 0:
             return True
         err = ctypes.get_errno()
         if err in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
@@ -242,49 +230,15 @@ class FileBackend(Backend):
         raise BackendError(f"{self.path}: zero range: {os.strerror(err)}")
 
     async def lba_status(self, offset: int, length: int) -> list[Extent]:
-        result = await self._run(self._scan, offset, length)
-        assert isinstance(result, list)
-        return result
+        return await self._in_pool(self._scan, offset, length)
 
     def _scan(self, offset: int, length: int) -> list[Extent]:
-        """Mapped/unmapped runs of [offset, offset+length) via SEEK_DATA / SEEK_HOLE; at most
-        _MAX_EXTENTS of them, so a badly fragmented file costs bounded work."""
-        end = offset + length
-        out: list[Extent] = []
-        pos = offset
         try:
-            while pos < end and len(out) < _MAX_EXTENTS:
-                try:
-                    data = os.lseek(self._fd, pos, os.SEEK_DATA)
-                except OSError as exc:
-                    if exc.errno != errno.ENXIO:
-                        raise
-                    data = end  # ENXIO: no data at or after pos, all hole
-                if data > pos:
-                    stop = min(data, end)
-                    out.append(Extent(pos, stop - pos, False))
-                    pos = stop
-                    continue
-                hole = os.lseek(self._fd, pos, os.SEEK_HOLE)
-                stop = min(hole, end)
-                if stop <= pos:  # defensive: never loop forever
-                    stop = end
-                out.append(Extent(pos, stop - pos, True))
-                pos = stop
+            return scan_extents(self._fd, offset, length, limit=_MAX_EXTENTS)
         except OSError as exc:
             if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
                 return [Extent(offset, length, True)]  # no SEEK_DATA: report all mapped
             raise BackendError(f"{self.path}: lba status: {exc.strerror}") from exc
-        return out
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
-        os.close(self._fd)
 
     def __repr__(self) -> str:
         mode = "ro" if self.read_only else "rw"

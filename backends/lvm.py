@@ -13,14 +13,13 @@ import os
 from pyscsit.provision import (
     ProvisionError,
     Runner,
-    Undo,
     check_name,
     run_tool,
-    wait_for_device,
     wait_for_device_gone,
 )
 
 from .block import BlockBackend
+from .volume_tool import VolumeTool
 
 __all__ = ["Lvm", "check_lv_path", "open_lv"]
 
@@ -50,14 +49,12 @@ def open_lv(dev_root: str, vg: str, lv: str, *, read_only: bool = False,
                              direct=direct, locator=f"lvm:{vg}/{lv}")
 
 
-class Lvm:
+class Lvm(VolumeTool):
     """The `lvm` command line. Every method either completes or leaves nothing behind."""
 
     def __init__(self, command: str = "lvm", dev_root: str = "/dev",
                  runner: Runner = run_tool) -> None:
-        self.command = command
-        self.dev_root = dev_root
-        self._run = runner
+        super().__init__(command, dev_root, runner)
 
     def device(self, vg: str, lv: str) -> str:
         return os.path.join(self.dev_root, check_lv_name("volume group", vg),
@@ -97,12 +94,8 @@ class Lvm:
         return self._made([*argv, f"{vg}/{origin}"], vg, lv)
 
     def _made(self, argv: list[str], vg: str, lv: str) -> str:
-        with Undo() as undo:
-            self._run(argv)
-            undo.push(f"lvremove {vg}/{lv}", lambda: self.destroy(vg, lv))
-            device = self.device(vg, lv)
-            wait_for_device(device)
-        return device
+        return self._create(argv, self.device(vg, lv), f"lvremove {vg}/{lv}",
+                            lambda: self.destroy(vg, lv))
 
     def resize(self, vg: str, lv: str, size: int) -> None:
         self.device(vg, lv)

@@ -12,14 +12,13 @@ import os
 from pyscsit.provision import (
     ProvisionError,
     Runner,
-    Undo,
     check_name,
     run_tool,
-    wait_for_device,
     wait_for_device_gone,
 )
 
 from .block import BlockBackend
+from .volume_tool import VolumeTool
 
 __all__ = ["Zfs", "check_dataset", "open_zvol"]
 
@@ -59,14 +58,12 @@ def open_zvol(dev_root: str, dataset: str, *, read_only: bool = False,
                              direct=direct, locator=f"zvol:{dataset}", discard_zeroes=True)
 
 
-class Zfs:
+class Zfs(VolumeTool):
     """The `zfs` command line. Every method either completes or leaves nothing behind."""
 
     def __init__(self, command: str = "zfs", dev_root: str = "/dev/zvol",
                  runner: Runner = run_tool) -> None:
-        self.command = command
-        self.dev_root = dev_root
-        self._run = runner
+        super().__init__(command, dev_root, runner)
 
     def device(self, dataset: str) -> str:
         return os.path.join(self.dev_root, check_dataset(dataset))
@@ -93,12 +90,8 @@ class Zfs:
         return self._made([self.command, "clone", snapshot, dataset], dataset)
 
     def _made(self, argv: list[str], dataset: str) -> str:
-        with Undo() as undo:
-            self._run(argv)
-            undo.push(f"zfs destroy {dataset}", lambda: self.destroy(dataset))
-            device = self.device(dataset)
-            wait_for_device(device)
-        return device
+        return self._create(argv, self.device(dataset), f"zfs destroy {dataset}",
+                            lambda: self.destroy(dataset))
 
     def snapshot(self, dataset: str, name: str) -> str:
         snap = f"{check_dataset(dataset)}@{check_name('ZFS snapshot', name)}"

@@ -2,16 +2,18 @@
 
 No sockets, no asyncio. ``decode_bhs`` turns a 48-byte Basic Header Segment into a typed PDU;
 ``encode`` turns a PDU back into wire buffers (header, optional header digest, data, padding,
-optional data digest) ready for ``writelines``; ``PduReader`` frames a byte stream into PDUs,
-checking digests. Every decode failure raises ``PduError`` carrying the Reject reason code.
+optional data digest) ready for ``writelines``; ``PduReader`` (framing.py, re-exported here)
+frames a byte stream into PDUs, checking digests. Every decode failure raises ``PduError``
+carrying the Reject reason code.
 """
 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import IntEnum
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pyscsit.digest import crc32c
 
@@ -639,9 +641,46 @@ def _command_ahs(pdu: ScsiCommandPdu) -> bytes:
     return out
 
 
+# The PDUs of the data path, packed with one struct call each (same bytes as encode_bhs):
+# byte 0-3, TotalAHSLength and DataSegmentLength as one word, then eight 32-bit fields
+_BHS_WORDS = struct.Struct(">BBBBIQIIIIIIII")
+
+
+def _bhs_data_in(p: DataIn) -> bytes:
+    flags = ((_F if p.final else 0) | (0x40 if p.ack else 0) | (0x04 if p.overflow else 0)
+             | (0x02 if p.underflow else 0) | (0x01 if p.has_status else 0))
+    return _BHS_WORDS.pack(Opcode.SCSI_DATA_IN, flags, 0, p.status if p.has_status else 0,
+                           _data_len(p.data), p.lun, p.itt, p.ttt, p.stat_sn, p.exp_cmd_sn,
+                           p.max_cmd_sn, p.data_sn, p.buffer_offset, p.residual)
+
+
+def _bhs_scsi_response(p: ScsiResponse) -> bytes:
+    flags = ((_F if p.final else 0) | (0x10 if p.bidi_overflow else 0)
+             | (0x08 if p.bidi_underflow else 0) | (0x04 if p.overflow else 0)
+             | (0x02 if p.underflow else 0))
+    return _BHS_WORDS.pack(Opcode.SCSI_RESPONSE, flags, p.response, p.status,
+                           _data_len(p.data), 0, p.itt, p.snack_tag, p.stat_sn, p.exp_cmd_sn,
+                           p.max_cmd_sn, p.exp_data_sn, p.bidi_read_residual, p.residual)
+
+
+def _bhs_r2t(p: R2T) -> bytes:
+    return _BHS_WORDS.pack(Opcode.R2T, _F if p.final else 0, 0, 0, _data_len(p.data), p.lun,
+                           p.itt, p.ttt, p.stat_sn, p.exp_cmd_sn, p.max_cmd_sn, p.r2t_sn,
+                           p.buffer_offset, p.desired_length)
+
+
+_FAST_BHS: dict[type[Pdu], Callable[[Any], bytes]] = {
+    DataIn: _bhs_data_in, ScsiResponse: _bhs_scsi_response, R2T: _bhs_r2t}
+
+
 def encode(pdu: Pdu, header_digest: bool = False, data_digest: bool = False) -> list[Buffer]:
     """Wire buffers for ``pdu``: header (+digest), data (+padding, +digest)."""
-    h = encode_bhs(pdu)
+    fast = _FAST_BHS.get(type(pdu))
+    h: bytes | bytearray
+    if fast is not None and not pdu.ahs and _data_len(pdu.data) < 1 << 24:
+        h = fast(pdu)
+    else:
+        h = encode_bhs(pdu)
     if header_digest:
         h += _U32LE.pack(crc32c(h, 0))
     out: list[Buffer] = [h]
@@ -688,6 +727,28 @@ def decode_bhs(bhs: Buffer, ahs: Buffer = b"") -> Pdu:
     return pdu
 
 
+# SCSI Command and Data-Out decoded with one struct call each, positional construction
+# (same values as decode_bhs; field order is the dataclasses' own)
+_CMD_BHS = struct.Struct(">BB6xQIIII16s")
+_DATA_OUT_BHS = struct.Struct(">BB6xQII4xI4xII4x")
+
+
+def decode_at(buf: Buffer, pos: int, ahs_len: int) -> Pdu:
+    """decode_bhs for the header at ``buf[pos:]``, with fast paths for the PDUs that carry
+    the data path (SCSI Command without AHS, Data-Out)."""
+    op = buf[pos] & 0x3F
+    if op == Opcode.SCSI_COMMAND and not ahs_len:
+        b0, b1, lun, itt, edtl, cmd_sn, esn, cdb = _CMD_BHS.unpack_from(buf, pos)
+        return ScsiCommandPdu(bool(b0 & _I), bool(b1 & _F), itt, lun, b"", b"",
+                              bool(b1 & 0x40), bool(b1 & 0x20), b1 & 7, edtl, cmd_sn, esn, cdb)
+    if op == Opcode.SCSI_DATA_OUT:
+        b0, b1, lun, itt, ttt, esn, data_sn, offset = _DATA_OUT_BHS.unpack_from(buf, pos)
+        return DataOut(bool(b0 & _I), bool(b1 & _F), itt, lun, bytes(buf[pos + BHS_LEN:
+                       pos + BHS_LEN + ahs_len]), b"", ttt, esn, data_sn, offset)
+    return decode_bhs(bytes(buf[pos: pos + BHS_LEN]),
+                      bytes(buf[pos + BHS_LEN: pos + BHS_LEN + ahs_len]))
+
+
 def _parse_command_ahs(pdu: ScsiCommandPdu, ahs: Buffer, bhs: Buffer) -> None:
     pos = 0
     while pos + 4 <= len(ahs):
@@ -714,82 +775,5 @@ def ahs_length(bhs: Buffer) -> int:
     return bhs[4] * 4
 
 
-# ---------------------------------------------------------------------------------------------
-# Framing
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class PduReader:
-    """Frames a byte stream into PDUs (sans-IO): ``feed(bytes)`` then ``next_pdu()`` until None.
-
-    Digest settings may change between PDUs (they start after login, §13.1), so PDUs are handed
-    out one at a time and each is framed with the settings in force when it is taken.
-    ``max_data`` bounds the data segment the peer may announce (MaxRecvDataSegmentLength, or
-    the login limit): a longer one is a protocol error and framing cannot continue.
-    """
-
-    header_digest: bool = False
-    data_digest: bool = False
-    max_data: int = 8192
-    _buf: bytearray = field(default_factory=bytearray)
-    _pos: int = 0
-
-    def feed(self, data: Buffer) -> None:
-        if self._pos and self._pos == len(self._buf):
-            self._buf.clear()
-            self._pos = 0
-        elif self._pos > 65536:
-            del self._buf[: self._pos]
-            self._pos = 0
-        self._buf += data
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buf) - self._pos
-
-    def next_pdu(self) -> Pdu | None:
-        """The next complete PDU, or None when more bytes are needed.
-
-        Raises PduError: ``fatal`` when the stream cannot be framed any more (bad header
-        digest, oversized data segment); otherwise the PDU was consumed and should be rejected.
-        """
-        buf, pos = self._buf, self._pos
-        avail = len(buf) - pos
-        if avail < BHS_LEN:
-            return None
-        ahs_len = buf[pos + 4] * 4
-        dlen = int.from_bytes(buf[pos + 5: pos + 8], "big")
-        hd = 4 if self.header_digest else 0
-        padded = dlen + (-dlen % 4)
-        dd = 4 if self.data_digest and dlen else 0
-        header_end = BHS_LEN + ahs_len + hd
-        total = header_end + padded + dd
-        if dlen > self.max_data:
-            raise PduError(f"data segment of {dlen} bytes exceeds the limit of {self.max_data}",
-                           RejectReason.PROTOCOL_ERROR, fatal=True,
-                           header=bytes(buf[pos: pos + BHS_LEN]))
-        if avail < total:
-            return None
-        header = bytes(buf[pos: pos + BHS_LEN + ahs_len])
-        # The PDU is consumed whatever its fate below: a data digest error or an
-        # undecodable header is answered with a Reject and framing goes on (§7.8).
-        self._pos = pos + total
-        if hd:
-            got = _U32LE.unpack_from(buf, pos + BHS_LEN + ahs_len)[0]
-            if crc32c(header, 0) != got:
-                raise PduError("header digest error", RejectReason.DATA_DIGEST_ERROR,
-                               fatal=True, header=header[:BHS_LEN])
-        data_start = pos + header_end
-        data = bytes(buf[data_start: data_start + dlen])
-        if dd:
-            got = _U32LE.unpack_from(buf, data_start + padded)[0]
-            crc = crc32c(data, 0)
-            if padded != dlen:
-                crc = crc32c(_PADS[padded - dlen], crc)
-            if crc != got:
-                raise PduError("data digest error", RejectReason.DATA_DIGEST_ERROR,
-                               header=header[:BHS_LEN])
-        pdu = decode_bhs(header[:BHS_LEN], header[BHS_LEN:])
-        pdu.data = data
-        return pdu
+# Framing lives in its own module; ``from pyscsit.pdu import PduReader`` keeps working.
+from pyscsit.framing import PduReader as PduReader  # noqa: PLC0414 - explicit re-export

@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import signal
-import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -41,12 +40,16 @@ from pyscsit.config import (
     build_model,
     load_config,
 )
+from pyscsit.files import write_atomic
 from pyscsit.target import Target
 
 if TYPE_CHECKING:
     from pyscsit.scsi.lu import LogicalUnit
     from pyscsit.scsi.task import Nexus
     from pyscsit.server import IscsiServer
+
+__all__ = ["PID_FILE", "STATUS_FILE", "ReloadReport", "Reloader", "live_config",
+           "write_atomic"]  # write_atomic: from pyscsit.files, for `pyscsit lun`
 
 log = logging.getLogger("pyscsit.reload")
 
@@ -298,27 +301,6 @@ class Reloader:
             write_atomic(Path(self.cfg.state_dir) / STATUS_FILE, json.dumps(doc) + "\n")
         except OSError as e:
             log.error("cannot write %s: %s", STATUS_FILE, e.strerror or e)
-
-
-def write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
-    """Temp file in the same folder, fsync, rename, fsync the folder."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            os.fchmod(f.fileno(), mode)
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def live_config(cfg: ServerConfig, config_path: str | os.PathLike[str]

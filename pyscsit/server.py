@@ -14,7 +14,8 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import Callable
+import types
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
     from pyscsit.scsi.lu import LogicalUnit
 
 log = logging.getLogger("pyscsit.server")
+
+#: a command moving this much is sent at once rather than with the rest of its read event
+FLUSH_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +150,30 @@ class IscsiServer:
                     p.abort()
 
 
+@types.coroutine
+def _resume(coro: Coroutine[object, None, ScsiResult],
+            waiting: object) -> Generator[object, None, ScsiResult]:
+    """Continue ``coro``, which has already run up to its first suspension (it yielded
+    ``waiting``, a future or None), under the Task that awaits this: the Task waits on what
+    the coroutine yields and resumes or cancels it, exactly as if it had started it."""
+    while True:
+        try:
+            yield waiting
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:  # noqa: BLE001 - CancelledError, whatever the Task throws
+            try:
+                waiting = coro.throw(exc)
+            except StopIteration as stop:
+                return cast(ScsiResult, stop.value)
+        else:
+            try:
+                waiting = coro.send(None)
+            except StopIteration as stop:
+                return cast(ScsiResult, stop.value)
+
+
 def _fmt(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -161,6 +189,8 @@ class IscsiProtocol(asyncio.Protocol):
         self._write_paused = False
         self._stalls: StallWatch | None = None  # Data-Out timeout, from full feature phase
         self._watch: asyncio.TimerHandle | None = None
+        self._loop = asyncio.get_running_loop()  # 3.11 checks getpid() on every lookup
+        self._flush_pending = False
 
     # -- transport callbacks ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -247,8 +277,7 @@ class IscsiProtocol(asyncio.Protocol):
         it) and receives nothing for limits.r2t_timeout costs the connection."""
         timeout = self.server.options.limits.r2t_timeout
         self._stalls = StallWatch(timeout)
-        self._watch = asyncio.get_running_loop().call_later(max(timeout / 2, 0.05),
-                                                            self._on_watch)
+        self._watch = self._loop.call_later(max(timeout / 2, 0.05), self._on_watch)
 
     def _on_watch(self) -> None:
         self._watch = None
@@ -263,8 +292,8 @@ class IscsiProtocol(asyncio.Protocol):
                             self.conn.peer_addr[0], stalled[0], self._stalls.timeout)
                 self.abort()  # connection_lost aborts its tasks
                 return
-        self._watch = asyncio.get_running_loop().call_later(
-            max(self._stalls.timeout / 2, 0.05), self._on_watch)
+        self._watch = self._loop.call_later(max(self._stalls.timeout / 2, 0.05),
+                                            self._on_watch)
 
     def pause_writing(self) -> None:
         # The peer is not reading: stop reading its commands until it does (bounded memory).
@@ -277,32 +306,57 @@ class IscsiProtocol(asyncio.Protocol):
         if self.transport is not None and not self.closing:
             self.transport.resume_reading()
 
-    # -- the pump: output, then events -----------------------------------------------------
+    # -- the pump: events, then output -----------------------------------------------------
     def pump(self) -> None:
+        """Carry out the connection's events, then send everything it produced with one
+        ``writelines``: SCSI tasks that finish without waiting (page-cache reads, small
+        buffered writes) answer in the same system call as the rest of this read event."""
         if self.transport is None or self.closing:
             return
+        self._flush_pending = False
         delay = self.conn.login.take_delay()  # failed-login back-off (login.py, acl.py)
         if delay > 0:
             self.transport.pause_reading()  # nothing may overtake the held answer
-            asyncio.get_running_loop().call_later(delay, self._after_delay)
+            self._loop.call_later(delay, self._after_delay)
             return
+        conn = self.conn
+        while True:
+            events = conn.take_events()
+            if not events:
+                break
+            for ev in events:
+                if type(ev) is ExecuteTask:
+                    self._execute(ev.task)
+                    if ev.task.expected_length >= FLUSH_BYTES:
+                        # a large read: let the peer take it while the next one is read
+                        self._write_out()
+                elif isinstance(ev, CancelTask):
+                    self._cancel(ev.task)
+                elif isinstance(ev, SessionUp):
+                    self._schedule(self.server.options.nop_interval)
+                    self.server.session_up(self, ev)
+                elif isinstance(ev, Reset):
+                    self.server.reset(self, ev)
+                elif isinstance(ev, Close):
+                    log.info("closing connection from %s: %s", conn.peer_addr[0], ev.reason)
+                    self._write_out()
+                    self.close()
+                    return
+                if self.transport is None or self.closing:
+                    return  # aborted meanwhile (a reset, a bug): nothing more to send
+        self._write_out()
+
+    def _write_out(self) -> None:
         out = self.conn.take_output()
-        if out:
+        if out and self.transport is not None:
             self.transport.writelines(out)
-        for ev in self.conn.take_events():
-            if isinstance(ev, ExecuteTask):
-                self._execute(ev.task)
-            elif isinstance(ev, CancelTask):
-                self._cancel(ev.task)
-            elif isinstance(ev, SessionUp):
-                self._schedule(self.server.options.nop_interval)
-                self.server.session_up(self, ev)
-            elif isinstance(ev, Reset):
-                self.server.reset(self, ev)
-            elif isinstance(ev, Close):
-                log.info("closing connection from %s: %s", self.conn.peer_addr[0], ev.reason)
-                self.close()
-                return
+
+    def _pump_soon(self) -> None:
+        """A task finished outside a read event: send its answer once per loop iteration,
+        together with every other task that finished in the same iteration."""
+        if not self._flush_pending:
+            self._flush_pending = True
+            self._loop.call_soon(self.pump)
 
     def _after_delay(self) -> None:
         if self.transport is not None and not self.closing:
@@ -321,26 +375,44 @@ class IscsiProtocol(asyncio.Protocol):
 
     # -- SCSI tasks ------------------------------------------------------------------------
     def _execute(self, task: Task) -> None:
-        task.handle = asyncio.ensure_future(self._run(task))
-
-    async def _run(self, task: Task) -> None:
+        """Run the task's command inline, as far as it goes without waiting (asyncio's eager
+        tasks, 3.12): most commands finish here, with no Task, no extra loop iteration and no
+        system call of their own. One that really waits (thread-pool I/O, a range lock)
+        continues as a Task from where it stopped."""
         s = self.conn.session
         assert s is not None and s.target is not None and task.command is not None
+        coro = dispatch.execute(s.target.luns_for(s.initiator_name), task.command)
         try:
-            result = await dispatch.execute(s.target.luns_for(s.initiator_name),
-                                            task.command)
+            waiting = coro.send(None)
+        except StopIteration as stop:
+            result = stop.value
+        except Exception:
+            log.exception("SCSI task 0x%08x failed", task.itt)
+            result = ScsiResult(Status.CHECK_CONDITION, sense=InternalTargetFailure().encode())
+        else:
+            task.handle = self._loop.create_task(self._run(task, _resume(coro, waiting)))
+            return
+        self._done(task, result)
+
+    async def _run(self, task: Task, rest: Awaitable[ScsiResult]) -> None:
+        try:
+            result = await rest
         except asyncio.CancelledError:
             return
         except Exception:
             log.exception("SCSI task 0x%08x failed", task.itt)
             result = ScsiResult(Status.CHECK_CONDITION, sense=InternalTargetFailure().encode())
+        if self._done(task, result):
+            self._pump_soon()
+
+    def _done(self, task: Task, result: ScsiResult) -> bool:
         try:
             self.conn.task_done(task, result)
         except Exception:  # as in data_received: a bug costs this connection, not a hang
             log.exception("internal error answering task 0x%08x", task.itt)
             self.abort()
-            return
-        self.pump()
+            return False
+        return True
 
     def _cancel(self, task: Task) -> None:
         h = task.handle
@@ -351,8 +423,7 @@ class IscsiProtocol(asyncio.Protocol):
     def _schedule(self, delay: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(max(delay, 0.05), self._on_timer)
+        self._timer = self._loop.call_later(max(delay, 0.05), self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None

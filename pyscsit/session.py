@@ -161,12 +161,30 @@ class Session:
     tasks: dict[int, Task] = field(default_factory=dict)
     pending: dict[int, P.Pdu] = field(default_factory=dict)  # out-of-order numbered PDUs
     connections: list[Connection] = field(default_factory=list)
+    # immediate tasks in ``tasks``: they do not use the window. Kept by add_task/drop_task,
+    # so MaxCmdSN costs O(1) per PDU sent rather than a walk of the task table.
+    immediate_tasks: int = 0
 
     @property
     def max_cmd_sn(self) -> int:
         # The window shrinks while commands are in flight: flow control (§4.2.2.1).
-        in_flight = sum(1 for t in self.tasks.values() if not t.immediate)
-        return sn_add(self.exp_cmd_sn, max(CMD_WINDOW - in_flight, 0) - 1)
+        in_flight = len(self.tasks) - self.immediate_tasks
+        return (self.exp_cmd_sn + max(CMD_WINDOW - in_flight, 0) - 1) & 0xFFFFFFFF
+
+    def add_task(self, t: Task) -> None:
+        self.tasks[t.itt] = t
+        if t.immediate:
+            self.immediate_tasks += 1
+
+    def drop_task(self, t: Task) -> None:
+        if self.tasks.get(t.itt) is t:
+            del self.tasks[t.itt]
+            if t.immediate:
+                self.immediate_tasks -= 1
+
+    def drop_all_tasks(self) -> None:
+        self.tasks.clear()
+        self.immediate_tasks = 0
 
 
 class SessionRegistry:
@@ -371,8 +389,20 @@ class Connection:
     def _handle_ffp(self, pdu: P.Pdu) -> None:
         s = self.session
         assert s is not None
-        if isinstance(pdu, P.DataOut):
-            self._data_out(pdu)
+        cls = type(pdu)
+        if cls is P.DataOut:
+            self._data_out(pdu)  # type: ignore[arg-type]
+            return
+        if (cls is P.ScsiCommandPdu and pdu.cmd_sn == s.exp_cmd_sn  # type: ignore[attr-defined]
+                and not pdu.immediate and not s.pending and s.session_type == "Normal"):
+            # The common case, the next command in CmdSN order: the general path below,
+            # without its detours. It is in the window unless the window is closed.
+            if len(s.tasks) - s.immediate_tasks < CMD_WINDOW:
+                s.exp_cmd_sn = (s.exp_cmd_sn + 1) & 0xFFFFFFFF
+                self._scsi_command(pdu)  # type: ignore[arg-type]
+            else:
+                log.debug("CmdSN %d outside window [%d, %d]: ignored", s.exp_cmd_sn,
+                          s.exp_cmd_sn, s.max_cmd_sn)
             return
         if isinstance(pdu, P.NopOut) and pdu.ttt != P.RESERVED_TAG:
             # the answer to our ping (§11.18): not numbered
@@ -505,10 +535,8 @@ class Connection:
             return None
         lun = dispatch.lun_from_wire(pdu.lun)
         info = dispatch.inspect(s.target.luns_for(s.initiator_name), lun, pdu.cdb)
-        t = Task(itt=pdu.itt, cmd_sn=pdu.cmd_sn, immediate=pdu.immediate, lun=lun,
-                 lun_field=pdu.lun, cdb=pdu.cdb, attr=pdu.attr,
-                 expected_length=pdu.expected_length, info=info, write=pdu.write,
-                 read=pdu.read)
+        t = Task(pdu.itt, pdu.cmd_sn, pdu.immediate, lun, pdu.lun, pdu.cdb, pdu.attr,
+                 pdu.expected_length, info, pdu.write, pdu.read)
         p = s.params
         imm = len(pdu.data)
         if imm and (not pdu.write or not p.immediate_data or imm > p.first_burst_length
@@ -539,7 +567,7 @@ class Connection:
         elif pdu.read and not self._room_for(_task_bytes(t)):
             self._task_set_full(pdu)
             return None
-        s.tasks[pdu.itt] = t
+        s.add_task(t)
         return t
 
     def _room_for(self, n: int) -> bool:
@@ -658,7 +686,7 @@ class Connection:
         assert s is not None
         log.warning("%s: %s (ITT 0x%08x): task failed", self.peer_addr[0], why, t.itt)
         t.aborted = True
-        s.tasks.pop(t.itt, None)
+        s.drop_task(t)
         self._dead_itts.append(t.itt)
         self._send(P.ScsiResponse(itt=t.itt, status=Status.CHECK_CONDITION,
                                   data=_sense_segment(error.encode())))
@@ -681,7 +709,7 @@ class Connection:
         s = self.session
         if s is None or s.tasks.get(t.itt) is not t or t.aborted:
             return
-        del s.tasks[t.itt]
+        s.drop_task(t)
         if self.phase is Phase.CLOSING:
             return
         self._respond(t, result)
@@ -724,21 +752,26 @@ class Connection:
         burst = s.params.max_burst_length
         total = data.nbytes
         fold = status == Status.GOOD and not sense  # §11.7.4: status in the last Data-In
+        # built here rather than through _send: one Data-In per 4 KiB read is the hot path.
+        # StatSN goes only in the Data-In that carries status (§11.7.4), as _send would do.
+        itt, lun, exp_cmd_sn, max_cmd_sn = t.itt, t.lun_field, s.exp_cmd_sn, s.max_cmd_sn
+        hd, dd, out = self.header_digest, self.data_digest, self._out
         data_sn = 0
         off = 0
         while off < total:
             n = min(seg, total - off, burst - off % burst)
             last = off + n >= total
             end_of_burst = last or (off + n) % burst == 0
-            pdu = P.DataIn(itt=t.itt, lun=t.lun_field, data_sn=data_sn, buffer_offset=off,
-                           final=end_of_burst, data=data[off: off + n])
+            pdu = P.DataIn(itt=itt, lun=lun, data_sn=data_sn, buffer_offset=off,
+                           final=end_of_burst, data=data[off: off + n],
+                           exp_cmd_sn=exp_cmd_sn, max_cmd_sn=max_cmd_sn)
             if last and fold:
                 pdu.has_status = True
                 pdu.status = status
                 pdu.overflow, pdu.underflow, pdu.residual = overflow, underflow, residual
-                self._send(pdu)
-            else:
-                self._send(pdu, new_stat_sn=False)
+                pdu.stat_sn = self.stat_sn
+                self.stat_sn = (self.stat_sn + 1) & 0xFFFFFFFF
+            out.extend(P.encode(pdu, hd, dd))
             data_sn += 1
             off += n
 
@@ -747,7 +780,7 @@ class Connection:
         s = self.session
         assert s is not None
         t.aborted = True
-        s.tasks.pop(t.itt, None)
+        s.drop_task(t)
         if t.executing:
             self._events.append(CancelTask(t))
 
@@ -825,7 +858,7 @@ class Connection:
             t.aborted = True
             if t.executing:
                 running.append(t)
-        s.tasks.clear()
+        s.drop_all_tasks()
         s.pending.clear()
         if self in s.connections:
             s.connections.remove(self)

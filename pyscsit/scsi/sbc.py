@@ -16,6 +16,7 @@ from pyscsit.scsi.task import Direction, ScsiCommand, ScsiResult
 
 if TYPE_CHECKING:
     from pyscsit.scsi.lu import LogicalUnit
+    from pyscsit.scsi.sbc_misc import BlockCdb
 
 
 class Rw(NamedTuple):
@@ -70,19 +71,21 @@ _CDB_SIZE: dict[int, int] = {
 }
 
 
-def _check_transfer(lu: LogicalUnit, rw: Rw) -> None:
-    if rw.protect:
-        # No protection information: RDPROTECT/WRPROTECT/VRPROTECT must be 0 (SBC-3 4.22.2).
+def check_transfer(lu: LogicalUnit, req: Rw | BlockCdb) -> None:
+    """The checks every command that moves blocks makes: no protection information, the
+    range on the medium, the transfer length within the Block Limits VPD maximum."""
+    if req.protect:
+        # No protection information (INQUIRY PROTECT=0): *PROTECT must be 0 (SBC-3 4.22.2).
         raise InvalidFieldInCdb(1, 7, "protection information is not supported")
-    lu.check_range(rw.lba, rw.blocks)
-    if rw.blocks > lu.max_transfer_blocks:
+    lu.check_range(req.lba, req.blocks)
+    if req.blocks > lu.max_transfer_blocks:
         # SBC-3 6.6.3: more than the Block Limits MAXIMUM TRANSFER LENGTH
-        raise InvalidFieldInCdb(rw.tl_byte, None, "transfer length above the maximum")
+        raise InvalidFieldInCdb(req.tl_byte, None, "transfer length above the maximum")
 
 
 async def read(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
     rw = parse_rw(cmd.cdb)
-    _check_transfer(lu, rw)
+    check_transfer(lu, rw)
     bs = lu.block_size
     n = rw.blocks * bs
     if n == 0:
@@ -94,7 +97,7 @@ async def read(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
 async def write(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
     rw = parse_rw(cmd.cdb)
     lu.check_writable()
-    _check_transfer(lu, rw)
+    check_transfer(lu, rw)
     bs = lu.block_size
     n = rw.blocks * bs
     data = cmd.data_out
@@ -140,7 +143,7 @@ async def verify(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
     bytchk = rw.bytchk
     if bytchk == 2:
         raise InvalidFieldInCdb(1, 2, "BYTCHK 10b is reserved")
-    _check_transfer(lu, rw)
+    check_transfer(lu, rw)
     _, xfer = verify_xfer(cmd.cdb, lu.block_size)
     if bytchk == 0 or rw.blocks == 0:
         # Medium verification only: the backend has no media errors to find beyond what a

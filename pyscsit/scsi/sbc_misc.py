@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 from pyscsit.scsi.registry import OpInfo, alloc_len, block_count, fixed, register
-from pyscsit.scsi.sbc import first_difference
+from pyscsit.scsi.sbc import check_transfer, first_difference
 from pyscsit.scsi.sense import InvalidFieldInCdb, Miscompare
 from pyscsit.scsi.task import Direction, ScsiCommand, ScsiResult
 
@@ -67,20 +67,15 @@ def parse_block_cdb(cdb: bytes) -> BlockCdb:
     return BlockCdb(lba, blocks, cdb[1], group & 0x1F, 10)
 
 
-def _check_io(lu: LogicalUnit, req: BlockCdb) -> None:
-    if req.protect:
-        # No protection information (INQUIRY PROTECT=0): *PROTECT must be 0 (SBC-3 4.22.2).
-        raise InvalidFieldInCdb(1, 7, "protection information is not supported")
-    lu.check_range(req.lba, req.blocks)
-    if req.blocks > lu.max_transfer_blocks:
-        raise InvalidFieldInCdb(req.tl_byte, None, "transfer length above the maximum")
-
-
-def _whole_blocks(lu: LogicalUnit, cmd: ScsiCommand, n: int) -> memoryview:
-    """The Data-Out that arrived, cut to whole blocks and at most ``n`` bytes (as WRITE)."""
+def _checked_write(lu: LogicalUnit, cmd: ScsiCommand, req: BlockCdb) -> tuple[int, memoryview]:
+    """Check a write against the LU; returns the transfer length in bytes and the Data-Out
+    that arrived, cut to whole blocks and at most that length (as WRITE does)."""
+    lu.check_writable()
+    check_transfer(lu, req)
+    n = req.blocks * lu.block_size
     data = cmd.data_out if cmd.data_out is not None else memoryview(b"")
     have = min(len(data), n)
-    return data[: have - have % lu.block_size]
+    return n, data[: have - have % lu.block_size]
 
 
 # --- WRITE AND VERIFY(10/12/16) (SBC-3 5.40-5.42) ------------------------------------------
@@ -90,13 +85,9 @@ async def write_and_verify(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
     req = parse_block_cdb(cmd.cdb)
     if req.bytchk > 1:
         raise InvalidFieldInCdb(1, 2, f"BYTCHK {req.bytchk:02b}b is reserved")
-    lu.check_writable()
-    _check_io(lu, req)
-    bs = lu.block_size
-    n = req.blocks * bs
-    data = _whole_blocks(lu, cmd, n)
+    n, data = _checked_write(lu, cmd, req)
     if len(data):
-        offset = req.lba * bs
+        offset = req.lba * lu.block_size
         # The verify is of the medium, so the write goes through to it (FUA); the range stays
         # held until the compare so no other write can slip in between.
         async with lu.range_lock.hold(offset, len(data)):
@@ -114,13 +105,9 @@ async def write_and_verify(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
 
 async def orwrite(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
     req = parse_block_cdb(cmd.cdb)
-    lu.check_writable()
-    _check_io(lu, req)
-    bs = lu.block_size
-    n = req.blocks * bs
-    data = _whole_blocks(lu, cmd, n)
+    n, data = _checked_write(lu, cmd, req)
     if len(data):
-        offset = req.lba * bs
+        offset = req.lba * lu.block_size
         # BMOP 000b: medium := medium OR data, atomic against every other write of the range.
         async with lu.range_lock.hold(offset, len(data)):
             old = await lu.read_or_sense(offset, len(data))

@@ -22,21 +22,14 @@ import pytest
 from pyscsit import pdu as P
 from tests.integration.conftest import IQN, RunningServer, file_lun_config, start_server
 from tests.support.initiator import Initiator
+from tests.support.rigs import begin_write
+from tests.support.scsi import read16, write16
 
 pytestmark = pytest.mark.integration
 
 BLOCK = 512
 GOOD = 0x00
 SYNCHRONIZE_CACHE_10 = bytes([0x35]) + bytes(9)
-
-
-def write16(lba: int, blocks: int, fua: bool = False) -> bytes:
-    return (bytes([0x8A, 0x08 if fua else 0]) + lba.to_bytes(8, "big")
-            + blocks.to_bytes(4, "big") + bytes(2))
-
-
-def read16(lba: int, blocks: int) -> bytes:
-    return bytes([0x88, 0]) + lba.to_bytes(8, "big") + blocks.to_bytes(4, "big") + bytes(2)
 
 
 def kill(server: RunningServer) -> None:
@@ -107,18 +100,7 @@ def test_connection_dropped_mid_write_changes_no_block(tmp_path: Path) -> None:
         for solicited in (True, False):
             ini = session(server, initial_r2t=solicited, immediate_data=not solicited)
             new = random.Random(solicited).randbytes(512 * BLOCK)  # 256 KiB at LBA 512
-            itt = ini.next_itt()
-            imm = b"" if solicited else new[:8192]
-            ini.send(P.ScsiCommandPdu(
-                itt=itt, write=True, final=solicited, expected_length=len(new),
-                cmd_sn=ini._numbered(), exp_stat_sn=ini.exp_stat_sn,
-                cdb=write16(512, 512).ljust(16, b"\0"), data=imm))
-            if solicited:
-                r2t = ini.recv()
-                assert isinstance(r2t, P.R2T)
-                ttt, offset = r2t.ttt, 0
-            else:
-                ttt, offset = P.RESERVED_TAG, len(imm)
+            itt, ttt, offset = begin_write(ini, write16(512, 512), new, solicited=solicited)
             for sn in range(4):  # 32 KiB of the 256, then a reset, not a goodbye
                 chunk = new[offset: offset + 8192]
                 ini.send(P.DataOut(itt=itt, ttt=ttt, data_sn=sn, buffer_offset=offset,

@@ -29,6 +29,8 @@ from tests.support.initiator import (
     chap_response,
     decode_binary,
 )
+from tests.support.rigs import begin_write
+from tests.support.scsi import read16, write16
 
 pytestmark = pytest.mark.integration
 
@@ -40,15 +42,6 @@ LOGIN_TIMEOUT = 2.0
 TIMERS = {"login": LOGIN_TIMEOUT, "nop_interval": 1, "nop_timeout": 1}
 LIMITS = {"max_pending_logins": 32, "r2t_timeout": 1, "max_buffered_bytes": "16MiB"}
 GOOD, CHECK_CONDITION, TASK_SET_FULL = 0x00, 0x02, 0x28
-
-
-def read16(lba: int, blocks: int) -> bytes:
-    return bytes([0x88, 0]) + lba.to_bytes(8, "big") + blocks.to_bytes(4, "big") + bytes(2)
-
-
-def write16(lba: int, blocks: int, fua: bool = False) -> bytes:
-    return (bytes([0x8A, 0x08 if fua else 0]) + lba.to_bytes(8, "big")
-            + blocks.to_bytes(4, "big") + bytes(2))
 
 
 def pattern(blocks: int, seed: int) -> bytes:
@@ -381,17 +374,7 @@ def test_half_finished_write_changes_nothing(hostile: Hostile, solicited: bool) 
     with hostile.connect() as ini:
         ini.login(IQN, initial_r2t=solicited, immediate_data=not solicited,
                   first_burst_length=65536)
-        itt = ini.next_itt()
-        imm = b"" if solicited else new[:8192]
-        ini.send(P.ScsiCommandPdu(itt=itt, write=True, final=solicited, expected_length=len(new),
-                                  cmd_sn=ini._numbered(), exp_stat_sn=ini.exp_stat_sn,
-                                  cdb=write16(64, 64).ljust(16, b"\0"), data=imm))
-        if solicited:
-            r2t = ini.recv()
-            assert isinstance(r2t, P.R2T)
-            ttt, start = r2t.ttt, 0
-        else:
-            ttt, start = P.RESERVED_TAG, len(imm)
+        itt, ttt, start = begin_write(ini, write16(64, 64), new, solicited=solicited)
         ini.send(P.DataOut(itt=itt, ttt=ttt, buffer_offset=start,
                            data=new[start: start + 16384]))
         wire = ini.encode(P.DataOut(itt=itt, ttt=ttt, data_sn=1, buffer_offset=start + 16384,

@@ -15,6 +15,8 @@ from pyscsit.scsi.lu import LogicalUnit
 from pyscsit.scsi.task import Status
 from pyscsit.session import Connection, ExecuteTask, SessionRegistry, SessionUp
 from pyscsit.target import Auth, Model, Portal, Target
+from tests.support.rigs import take_pdus
+from tests.support.scsi import read16, write16
 
 IQN = "iqn.2026-11.org.pyscsit.test:disk0"
 INITIATOR = "iqn.2026-11.org.pyscsit.test:host"
@@ -146,12 +148,7 @@ class Rig:
         return resp
 
     def out(self) -> list[P.Pdu]:
-        for buf in self.conn.take_output():
-            self.reader.feed(bytes(buf))
-        got = []
-        while (pdu := self.reader.next_pdu()) is not None:
-            got.append(pdu)
-        return got
+        return take_pdus(self.conn, self.reader)
 
     def command(self, cdb: bytes, edtl: int, *, read: bool = False,
                 write: bool = False) -> int:
@@ -163,15 +160,11 @@ class Rig:
         return itt
 
 
-def rw16(opcode: int, lba: int, blocks: int) -> bytes:
-    return bytes([opcode, 0]) + lba.to_bytes(8, "big") + blocks.to_bytes(4, "big") + bytes(2)
-
-
 def test_writes_beyond_the_buffer_budget_get_task_set_full() -> None:
     r = Rig(Limits(max_buffered_bytes=4 * MiB))
     assert r.login().status_class == 0
     blocks = MiB // 512
-    itts = [r.command(rw16(0x8A, i * blocks, blocks), MiB, write=True) for i in range(6)]
+    itts = [r.command(write16(i * blocks, blocks), MiB, write=True) for i in range(6)]
     out = r.out()
     r2ts = {p.itt for p in out if isinstance(p, P.R2T)}
     full = {p.itt for p in out if isinstance(p, P.ScsiResponse)
@@ -184,15 +177,15 @@ def test_writes_beyond_the_buffer_budget_get_task_set_full() -> None:
     # a task leaving (here: aborted) makes room again: the budget is counted, not leaked
     r.conn.abort_matching(0)
     r.conn.take_events()
-    again = r.command(rw16(0x8A, 0, blocks), MiB, write=True)
+    again = r.command(write16(0, blocks), MiB, write=True)
     assert [type(p) for p in r.out() if p.itt == again] == [P.R2T]
 
 
 def test_reads_count_against_the_budget_and_a_lone_big_one_always_fits() -> None:
     r = Rig(Limits(max_buffered_bytes=1 * MiB))
     r.login()
-    big = r.command(rw16(0x88, 0, 16 * MiB // 512), 16 * MiB, read=True)
-    small = r.command(rw16(0x88, 0, 8), 4096, read=True)
+    big = r.command(read16(0, 16 * MiB // 512), 16 * MiB, read=True)
+    small = r.command(read16(0, 8), 4096, read=True)
     started = [e.task.itt for e in r.conn.take_events() if isinstance(e, ExecuteTask)]
     assert started == [big]
     (resp,) = r.out()
@@ -203,7 +196,7 @@ def test_reads_count_against_the_budget_and_a_lone_big_one_always_fits() -> None
 def test_waiting_for_data_lists_tasks_that_wait_for_data_out() -> None:
     r = Rig(Limits())
     r.login()
-    w = r.command(rw16(0x8A, 0, 8), 4096, write=True)
+    w = r.command(write16(0, 8), 4096, write=True)
     r.command(bytes(6), 0)  # TEST UNIT READY: executes at once
     assert r.conn.waiting_for_data() == [(w, 0)]
 

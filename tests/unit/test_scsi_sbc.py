@@ -14,9 +14,9 @@ from pyscsit.scsi.identity import LuIdentity
 from pyscsit.scsi.lu import LogicalUnit
 from pyscsit.scsi.sbc import first_difference, parse_read_capacity, parse_rw, parse_sync_cache
 from pyscsit.scsi.sense import InvalidFieldInCdb
-from pyscsit.scsi.task import Direction, Nexus, ScsiCommand, ScsiResult, Status
+from pyscsit.scsi.task import Direction, Status
+from tests.support.scsi import field_ptr, read16, run, sense_of, write16
 
-NX = Nexus("iqn.1994-05.com.example:init", 0x23D000000001, "iqn.2024-01.org.pyscsit:t1")
 BLOCKS = 1024
 BS = 512
 
@@ -25,36 +25,12 @@ def make_lu(blocks: int = BLOCKS, bs: int = BS, **kw: object) -> LogicalUnit:
     return LogicalUnit(MemoryBackend(blocks * bs), LuIdentity.random(), block_size=bs, **kw)  # type: ignore[arg-type]
 
 
-async def run(lu: LogicalUnit, cdb: bytes, data: bytes | None = None) -> ScsiResult:
-    mv = memoryview(data) if data is not None else None
-    return await lu.execute(ScsiCommand(cdb, NX, data_out=mv, expected_length=len(data or b"")))
-
-
-def sense_of(r: ScsiResult) -> tuple[int, int, int]:
-    assert r.status == Status.CHECK_CONDITION
-    return r.sense[2] & 0x0F, r.sense[12], r.sense[13]
-
-
-def field_ptr(r: ScsiResult) -> tuple[int, int | None]:
-    sks = r.sense[15]
-    assert sks & 0x80, "SKSV must be set"
-    return (r.sense[16] << 8) | r.sense[17], (sks & 7) if sks & 0x08 else None
-
-
 def r10(lba: int, n: int, b1: int = 0) -> bytes:
     return struct.pack(">BBIBHB", 0x28, b1, lba, 0, n, 0)
 
 
 def w10(lba: int, n: int, b1: int = 0) -> bytes:
     return struct.pack(">BBIBHB", 0x2A, b1, lba, 0, n, 0)
-
-
-def r16(lba: int, n: int, b1: int = 0) -> bytes:
-    return struct.pack(">BBQIBB", 0x88, b1, lba, n, 0, 0)
-
-
-def w16(lba: int, n: int, b1: int = 0) -> bytes:
-    return struct.pack(">BBQIBB", 0x8A, b1, lba, n, 0, 0)
 
 
 def r12(lba: int, n: int) -> bytes:
@@ -79,7 +55,7 @@ def w6(lba: int, n: int) -> bytes:
 def test_parse_rw_all_sizes() -> None:
     assert parse_rw(r10(0x01020304, 9, 0x18))[:3] == (0x01020304, 9, 0x18)
     assert parse_rw(r10(0, 1, 0x18)).fua and parse_rw(r10(0, 1, 0x18)).dpo
-    assert parse_rw(r16(2**40, 70000))[:2] == (2**40, 70000)
+    assert parse_rw(read16(2**40, 70000))[:2] == (2**40, 70000)
     assert parse_rw(r12(77, 5))[:2] == (77, 5)
     assert parse_rw(r6(0x1FFFFF, 3))[:2] == (0x1FFFFF, 3)
     assert parse_rw(r6(5, 0)).blocks == 256  # SBC-3: READ(6) length 0 is 256 blocks
@@ -106,7 +82,7 @@ def test_first_difference_matches_naive(a: bytes, b: bytes) -> None:
 # --- READ / WRITE ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("rd", "wr"), [(r6, w6), (r10, w10), (r12, w12), (r16, w16)])
+@pytest.mark.parametrize(("rd", "wr"), [(r6, w6), (r10, w10), (r12, w12), (read16, write16)])
 async def test_write_then_read_round_trip(rd, wr) -> None:  # type: ignore[no-untyped-def]
     lu = make_lu()
     payload = bytes(range(256)) * 4  # two blocks
@@ -122,7 +98,7 @@ async def test_read_last_block_ok_one_beyond_fails() -> None:
     r = await run(lu, r10(BLOCKS - 1, 2))
     assert sense_of(r) == (5, 0x21, 0)
     assert r.transfer_length == 2 * BS  # residuals follow the CDB even on failure
-    assert sense_of(await run(lu, r16(2**64 - 1, 1))) == (5, 0x21, 0)
+    assert sense_of(await run(lu, read16(2**64 - 1, 1))) == (5, 0x21, 0)
     assert sense_of(await run(lu, w10(BLOCKS, 1), bytes(BS))) == (5, 0x21, 0)
 
 
@@ -131,7 +107,7 @@ async def test_zero_length_transfers() -> None:
     r = await run(lu, r10(0, 0))
     assert r.status == Status.GOOD and len(r.data) == 0 and r.transfer_length == 0
     assert sense_of(await run(lu, r10(BLOCKS + 1, 0))) == (5, 0x21, 0)
-    assert (await run(lu, w16(0, 0))).status == Status.GOOD
+    assert (await run(lu, write16(0, 0))).status == Status.GOOD
     # READ(6) length 0 means 256 blocks
     r = await run(lu, r6(0, 0))
     assert len(r.data) == 256 * BS
@@ -139,7 +115,7 @@ async def test_zero_length_transfers() -> None:
 
 async def test_protect_fields_rejected_with_field_pointer() -> None:
     lu = make_lu()
-    for cdb in (r10(0, 1, 0x20), w16(0, 1, 0xE0)):
+    for cdb in (r10(0, 1, 0x20), write16(0, 1, 0xE0)):
         r = await run(lu, cdb, bytes(BS))
         assert sense_of(r) == (5, 0x24, 0)
         assert field_ptr(r) == (1, 7)
@@ -166,7 +142,7 @@ async def test_reserved_bit_reported_with_pointer() -> None:
 
 async def test_transfer_above_block_limits_max_is_invalid_field() -> None:
     lu = make_lu(blocks=1 << 17)
-    r = await run(lu, r16(0, lu.max_transfer_blocks + 1))
+    r = await run(lu, read16(0, lu.max_transfer_blocks + 1))
     assert sense_of(r) == (5, 0x24, 0) and field_ptr(r)[0] == 10
 
 
@@ -326,5 +302,5 @@ def test_inspect_reports_cdb_byte_counts() -> None:
     assert lu.inspect(r10(0, 3)) .transfer_length == 3 * 4096
     assert lu.inspect(r10(0, 3)).direction == Direction.READ
     assert lu.inspect(w6(0, 0)).transfer_length == 256 * 4096
-    assert lu.inspect(w16(0, 2)).direction == Direction.WRITE
+    assert lu.inspect(write16(0, 2)).direction == Direction.WRITE
     assert lu.inspect(bytes((0xC5,)) + bytes(15)).known is False

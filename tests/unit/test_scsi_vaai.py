@@ -6,7 +6,6 @@ import asyncio
 import struct
 
 import pytest
-
 from pyscsit.backends.memory import MemoryBackend
 
 from pyscsit.scsi import registry, vpd
@@ -14,10 +13,11 @@ from pyscsit.scsi.identity import LuIdentity
 from pyscsit.scsi.locks import RangeLock
 from pyscsit.scsi.lu import MAX_TRANSFER_BYTES, LogicalUnit
 from pyscsit.scsi.sense import InvalidFieldInCdb
-from pyscsit.scsi.task import Nexus, ScsiCommand, ScsiResult, Status
+from pyscsit.scsi.task import Nexus, ScsiResult, Status
 from pyscsit.scsi.vaai import parse_compare_and_write
+from tests.support.scsi import NX, field_ptr, read16, run, sense_of, write16
 
-ESX1 = Nexus("iqn.1998-01.com.vmware:esx1", 0x23D000000001, "iqn.2024-01.org.pyscsit:t1")
+ESX1 = NX  # run()'s default nexus: the host most tests speak for
 ESX2 = Nexus("iqn.1998-01.com.vmware:esx2", 0x23D000000002, "iqn.2024-01.org.pyscsit:t1")
 BLOCKS = 1024
 BS = 512
@@ -55,40 +55,14 @@ def caw(lba: int, n: int, b1: int = 0) -> bytes:
     return struct.pack(">BBQ3xBBB", 0x89, b1, lba, n, 0, 0)
 
 
-def w16(lba: int, n: int) -> bytes:
-    return struct.pack(">BBQIBB", 0x8A, 0, lba, n, 0, 0)
-
-
-def r16(lba: int, n: int) -> bytes:
-    return struct.pack(">BBQIBB", 0x88, 0, lba, n, 0, 0)
-
-
-async def run(lu: LogicalUnit, cdb: bytes, data: bytes | None = None, nexus: Nexus = ESX1,
-              edtl: int | None = None) -> ScsiResult:
-    mv = memoryview(data) if data is not None else None
-    n = len(data or b"") if edtl is None else edtl
-    return await lu.execute(ScsiCommand(cdb, nexus, data_out=mv, expected_length=n))
-
-
-def sense_of(r: ScsiResult) -> tuple[int, int, int]:
-    assert r.status == Status.CHECK_CONDITION
-    return r.sense[2] & 0x0F, r.sense[12], r.sense[13]
-
-
-def field_ptr(r: ScsiResult) -> tuple[int, int | None]:
-    sks = r.sense[15]
-    assert sks & 0x80, "SKSV must be set"
-    return (r.sense[16] << 8) | r.sense[17], (sks & 7) if sks & 0x08 else None
-
-
 async def read_blocks(lu: LogicalUnit, lba: int, n: int) -> bytes:
-    r = await run(lu, r16(lba, n))
+    r = await run(lu, read16(lba, n))
     assert r.status == Status.GOOD
     return bytes(r.data)
 
 
 async def fill(lu: LogicalUnit, lba: int, n: int, byte: bytes) -> None:
-    assert (await run(lu, w16(lba, n), byte * (n * BS))).status == Status.GOOD
+    assert (await run(lu, write16(lba, n), byte * (n * BS))).status == Status.GOOD
 
 
 # --- the CDB -----------------------------------------------------------------------------------
@@ -237,7 +211,7 @@ async def test_ats_and_a_plain_write_from_another_host_never_lose_the_write() ->
 
         async def late_write(lu: LogicalUnit = lu, delay: float = delay) -> ScsiResult:
             await asyncio.sleep(delay)  # arrives while the CAW is between compare and write
-            return await run(lu, w16(3, 2), b"W" * (2 * BS), ESX2)
+            return await run(lu, write16(3, 2), b"W" * (2 * BS), ESX2)
 
         rc, rw = await asyncio.gather(
             run(lu, caw(3, 2), b"A" * (2 * BS) + b"B" * (2 * BS), ESX1), late_write())

@@ -28,20 +28,14 @@ from pyscsit.session import (
     SessionUp,
 )
 from pyscsit.target import Auth, Model, Portal, Target
+from tests.support.rigs import take_pdus
+from tests.support.scsi import read16, write16
 
 IQN = "iqn.2026-11.org.pyscsit.test:disk0"
 INITIATOR = "iqn.2026-11.org.pyscsit.test:host"
 LOCAL = ("127.0.0.1", 3260)
 CMD0 = 0x10  # the CmdSN of the login, hence of the first command
 BLOCK = 512
-
-
-def read16(lba: int, blocks: int) -> bytes:
-    return bytes([0x88, 0]) + lba.to_bytes(8, "big") + blocks.to_bytes(4, "big") + bytes(2)
-
-
-def write16(lba: int, blocks: int) -> bytes:
-    return bytes([0x8A, 0]) + lba.to_bytes(8, "big") + blocks.to_bytes(4, "big") + bytes(2)
 
 
 TUR = bytes(16)
@@ -95,12 +89,7 @@ class Rig:
             self.conn.receive_data(P.encode_bytes(pdu, *self.digests))
 
     def out(self) -> list[P.Pdu]:
-        for buf in self.conn.take_output():
-            self.reader.feed(bytes(buf))
-        got = []
-        while (pdu := self.reader.next_pdu()) is not None:
-            got.append(pdu)
-        return got
+        return take_pdus(self.conn, self.reader)
 
     def executions(self) -> list[ExecuteTask]:
         evs = self.pending_events + self.conn.take_events()
