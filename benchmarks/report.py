@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import statistics
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -249,6 +251,26 @@ def load_json(path: Path) -> tuple[dict[str, Any], list[RunResult], dict[str, di
         p["load"] = RunResult(**p["load"]) if p.get("load") else None
         prof = Profile(**p)
     return doc["meta"], results, commands, doc["servers"], prof
+
+
+_REPO = str(Path(__file__).resolve().parents[1]) + "/"
+_WORKDIR = re.compile(r"(/var)?/tmp/pyscsit-bench-[A-Za-z0-9_]+")
+
+
+def public(text: str) -> str:
+    """Results are committed: no paths of the machine that made them. The interpreter becomes
+    ``python3``, the checkout ``./``-relative, the scratch folder ``$WORKDIR``."""
+    text = text.replace(sys.executable, "python3").replace(_REPO, "")
+    return _WORKDIR.sub("$WORKDIR", text)
+
+
+def scrub_files(folder: Path) -> None:
+    for path in folder.iterdir():
+        if path.suffix in (".json", ".md", ".svg", ".txt") and path.is_file():
+            text = path.read_text(errors="surrogateescape")
+            clean = public(text)
+            if clean != text:
+                path.write_text(clean, errors="surrogateescape")
 
 
 def write_json(path: Path, meta: dict[str, Any], summaries: list[Summary],

@@ -153,6 +153,7 @@ def render(path: Path) -> int:
     out = path.parent
     (out / "latest.md").write_text(
         report.markdown(meta, summaries, results, commands, server_cmds, prof))
+    report.scrub_files(out)
     report.chart(out / "latest.png", meta, summaries)
     print(f"wrote {out / 'latest.md'}, {out / 'latest.png'} from {path}")
     return 0
@@ -238,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     report.write_json(out / name, meta, summaries, results, commands, server_cmds, prof)
     (out / "latest.md").write_text(
         report.markdown(meta, summaries, results, commands, server_cmds, prof))
+    report.scrub_files(out)
     report.chart(out / "latest.png", meta, summaries)
     print(f"wrote {out / name}, {out / 'latest.md'}, {out / 'latest.png'} "
           f"in {meta['duration_s'] / 60:.1f} min")
