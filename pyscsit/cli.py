@@ -17,7 +17,12 @@ from collections.abc import Callable, Sequence
 
 from pyscsit import __version__
 from pyscsit.config import (
-    ConfigError, ServerConfig, build_model, default_config, load_config, server_options,
+    ConfigError,
+    ServerConfig,
+    build_model,
+    default_config,
+    load_config,
+    server_options,
 )
 from pyscsit.target import Chap, Model, Portal
 

@@ -25,7 +25,14 @@ from pyscsit.scsi import dispatch
 from pyscsit.scsi.sense import InternalTargetFailure
 from pyscsit.scsi.task import Nexus, ScsiResult, Status
 from pyscsit.session import (
-    CancelTask, Close, Connection, ExecuteTask, Reset, Session, SessionRegistry, SessionUp,
+    CancelTask,
+    Close,
+    Connection,
+    ExecuteTask,
+    Reset,
+    Session,
+    SessionRegistry,
+    SessionUp,
     Task,
 )
 from pyscsit.target import Model, Portal
@@ -476,6 +483,9 @@ def run(model: Model, *, options: ServerOptions | None = None,
         ready: Callable[[list[tuple[str, int]]], None] | None = None,
         attach: Attach | None = None) -> None:
     """Run the server in the foreground until SIGTERM or SIGINT; uvloop when importable."""
+    # the one signature both runners share (uvloop.run takes a loop_factory, asyncio.run only
+    # from 3.12)
+    runner: Callable[[Coroutine[object, object, None]], None]
     try:
         import uvloop
 

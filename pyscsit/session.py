@@ -1,10 +1,11 @@
-"""Session and connection state, sans-IO (RFC 7143 §3-§4, §7, §11).
+"""The connection, sans-IO (RFC 7143 §3-§4, §7, §11).
 
 A ``Connection`` takes bytes in (``receive_data``) and hands out wire buffers
 (``take_output``) and events (``take_events``) for the server loop: run a SCSI task, cancel
 one, do a reset that reaches other sessions, close. It never touches a socket or awaits; the
 server calls ``task_done`` when a SCSI task finishes. Time is passed in (``ping``,
-``check_ping``) so timers are testable.
+``ping_overdue``) so timers are testable. The state a session keeps across its connections
+(CmdSN window, tasks, the session registry) is in ``session_state``.
 """
 
 from __future__ import annotations
@@ -12,49 +13,46 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 
 from pyscsit import pdu as P
+from pyscsit.keys import TextError, encode_text, parse_text
 from pyscsit.limits import Limits
 from pyscsit.login import LoginMachine, LoginResult, LoginStatus, text_exchange
-from pyscsit.keys import OperationalParams, TextError, encode_text, parse_text
 from pyscsit.scsi import dispatch
-from pyscsit.scsi.lu import MAX_TRANSFER_BYTES
 from pyscsit.scsi.sense import (
-    DataOffsetError, DataPhaseError, ProtocolServiceCrcError, SenseError,
+    DataOffsetError,
+    DataPhaseError,
+    ProtocolServiceCrcError,
+    SenseError,
 )
-from pyscsit.scsi.task import CdbInfo, Direction, Nexus, ScsiCommand, ScsiResult, Status
+from pyscsit.scsi.task import Direction, Nexus, ScsiCommand, ScsiResult, Status
+from pyscsit.session_state import (
+    CMD_WINDOW,
+    MAX_DATA_OUT,
+    R2TState,
+    Session,
+    SessionRegistry,
+    Task,
+    sn_add,
+    sn_le,
+    sn_lt,
+    task_bytes,
+)
 from pyscsit.target import Model, Target
+
+# Session, SessionRegistry, Task and the window constants are defined in session_state and
+# re-exported: the server and the tests import them from here.
+__all__ = [
+    "CMD_WINDOW", "LOGIN_MAX_DATA", "MAX_DATA_OUT", "CancelTask", "Close", "Connection", "Event",
+    "ExecuteTask", "Phase", "R2TState", "Reset", "Session", "SessionRegistry", "SessionUp",
+    "Task", "sn_add", "sn_le", "sn_lt",
+]
 
 log = logging.getLogger(__name__)
 
 LOGIN_MAX_DATA = 8192  # §13.12: MaxRecvDataSegmentLength default, in force during login
-CMD_WINDOW = 128  # commands a session may have in flight (MaxCmdSN - ExpCmdSN + 1)
-MAX_DATA_OUT = MAX_TRANSFER_BYTES  # Data-Out one command may have buffered
-
-
-# -- serial number arithmetic (RFC 1982, 32 bits; RFC 7143 §4.2.2.1) ----------------------------
-
-def sn_lt(a: int, b: int) -> bool:
-    return a != b and ((a < b and b - a < 1 << 31) or (a > b and a - b > 1 << 31))
-
-
-def sn_le(a: int, b: int) -> bool:
-    return a == b or sn_lt(a, b)
-
-
-def sn_add(a: int, n: int) -> int:
-    return (a + n) & 0xFFFFFFFF
-
-
-def _task_bytes(t: Task) -> int:
-    """What a task holds in memory while in flight: its Data-Out buffer, or its read data."""
-    if t.buffer is not None:
-        return len(t.buffer)
-    # a read above what any LU moves fails without data
-    n = min(t.expected_length, t.info.transfer_length) if t.read else 0
-    return n if n <= MAX_DATA_OUT else 0
 
 
 def _sense_segment(sense: bytes) -> bytes:
@@ -100,123 +98,6 @@ class Close:
 
 
 Event = ExecuteTask | CancelTask | SessionUp | Reset | Close
-
-
-# -- tasks ---------------------------------------------------------------------------------------
-
-@dataclass(slots=True)
-class R2TState:
-    ttt: int
-    offset: int
-    length: int
-    next_offset: int
-    next_data_sn: int = 0
-
-
-@dataclass(slots=True, eq=False)
-class Task:
-    itt: int
-    cmd_sn: int
-    immediate: bool
-    lun: int
-    lun_field: int
-    cdb: bytes
-    attr: int
-    expected_length: int
-    info: CdbInfo
-    write: bool
-    read: bool
-    buffer: bytearray | None = None
-    received: int = 0
-    wanted: int = 0  # bytes of Data-Out the task waits for
-    unsolicited_end: int = 0  # data below this offset comes unsolicited
-    unsol_next_offset: int = 0
-    unsol_data_sn: int = 0
-    r2t_next_offset: int = 0
-    r2t_sn: int = 0
-    r2ts: dict[int, R2TState] = field(default_factory=dict)
-    delivered: bool = False
-    executing: bool = False
-    aborted: bool = False
-    command: ScsiCommand | None = None
-    handle: object = None  # the server's asyncio task, for cancellation
-
-    @property
-    def data_complete(self) -> bool:
-        return self.buffer is None or self.received >= self.wanted
-
-
-# -- sessions ------------------------------------------------------------------------------------
-
-@dataclass(eq=False)
-class Session:
-    tsih: int
-    isid: int
-    initiator_name: str
-    session_type: str
-    target: Target | None
-    params: OperationalParams
-    exp_cmd_sn: int
-    nexus: Nexus | None = None
-    tasks: dict[int, Task] = field(default_factory=dict)
-    pending: dict[int, P.Pdu] = field(default_factory=dict)  # out-of-order numbered PDUs
-    connections: list[Connection] = field(default_factory=list)
-    # immediate tasks in ``tasks``: they do not use the window. Kept by add_task/drop_task,
-    # so MaxCmdSN costs O(1) per PDU sent rather than a walk of the task table.
-    immediate_tasks: int = 0
-
-    @property
-    def max_cmd_sn(self) -> int:
-        # The window shrinks while commands are in flight: flow control (§4.2.2.1).
-        in_flight = len(self.tasks) - self.immediate_tasks
-        return (self.exp_cmd_sn + max(CMD_WINDOW - in_flight, 0) - 1) & 0xFFFFFFFF
-
-    def add_task(self, t: Task) -> None:
-        self.tasks[t.itt] = t
-        if t.immediate:
-            self.immediate_tasks += 1
-
-    def drop_task(self, t: Task) -> None:
-        if self.tasks.get(t.itt) is t:
-            del self.tasks[t.itt]
-            if t.immediate:
-                self.immediate_tasks -= 1
-
-    def drop_all_tasks(self) -> None:
-        self.tasks.clear()
-        self.immediate_tasks = 0
-
-
-class SessionRegistry:
-    """All sessions of the server: TSIH allocation and lookup (§4.4.3)."""
-
-    def __init__(self) -> None:
-        self.sessions: dict[int, Session] = {}
-        self._next = itertools.count(1)
-
-    def allocate_tsih(self) -> int:
-        while True:
-            tsih = next(self._next) & 0xFFFF
-            if tsih and tsih not in self.sessions:
-                return tsih
-
-    def exists(self, tsih: int) -> bool:
-        return tsih in self.sessions
-
-    def add(self, s: Session) -> list[Session]:
-        """Register ``s``; return older sessions it reinstates (same initiator, ISID, target:
-        §6.3.5 session reinstatement), which the caller closes."""
-        old = [o for o in self.sessions.values()
-               if o.initiator_name == s.initiator_name and o.isid == s.isid
-               and o.target is s.target and o.session_type == s.session_type]
-        for o in old:
-            self.sessions.pop(o.tsih, None)
-        self.sessions[s.tsih] = s
-        return old
-
-    def remove(self, s: Session) -> None:
-        if self.sessions.get(s.tsih) is s:
-            del self.sessions[s.tsih]
 
 
 class Phase(Enum):
@@ -296,9 +177,10 @@ class Connection:
 
     # -- input -----------------------------------------------------------------------------
     def receive_data(self, data: P.Buffer) -> None:
-        if self.phase is Phase.CLOSING:
-            return
-        self.reader.feed(data)
+        # A closing connection reads nothing. A guard, not an early return: the handlers may
+        # close, and mypy (blind to a method changing self.phase) would narrow the loop test.
+        if self.phase is not Phase.CLOSING:
+            self.reader.feed(data)
         while self.phase is not Phase.CLOSING:
             try:
                 pdu = self.reader.next_pdu()
@@ -435,10 +317,11 @@ class Connection:
             return
         if cmd_sn in s.pending:
             return
-        if isinstance(pdu, P.ScsiCommandPdu) and cmd_sn != s.exp_cmd_sn:
-            # hold it; register the task now so unsolicited Data-Out for it can land
-            if self._new_task(pdu) is None:
-                return
+        # a later command is held; its task is registered now so unsolicited Data-Out for it
+        # can land (unless _new_task refuses it: then it is answered and not held)
+        if (isinstance(pdu, P.ScsiCommandPdu) and cmd_sn != s.exp_cmd_sn
+                and self._new_task(pdu) is None):
+            return
         s.pending[cmd_sn] = pdu
         while s.exp_cmd_sn in s.pending:
             nxt = s.pending.pop(s.exp_cmd_sn)
@@ -564,7 +447,7 @@ class Connection:
             t.buffer = bytearray(t.wanted)
             if imm:
                 t.buffer[:imm] = pdu.data
-        elif pdu.read and not self._room_for(_task_bytes(t)):
+        elif pdu.read and not self._room_for(task_bytes(t)):
             self._task_set_full(pdu)
             return None
         s.add_task(t)
@@ -579,7 +462,7 @@ class Connection:
         if self._granted + n > cap:
             s = self.session
             assert s is not None
-            self._granted = sum(_task_bytes(t) for t in s.tasks.values())
+            self._granted = sum(task_bytes(t) for t in s.tasks.values())
             if self._granted and self._granted + n > cap:
                 return False
         self._granted += n

@@ -13,9 +13,15 @@ import os
 from collections.abc import Callable
 
 from pyscsit.backends.base import Backend, BackendError
-from pyscsit.scsi import registry, sbc, sbc_misc, spc  # noqa: F401 - registers the opcodes
-from pyscsit.scsi import vaai, xcopy  # noqa: F401 - COMPARE AND WRITE, EXTENDED COPY rows
-from pyscsit.scsi import provisioning  # noqa: F401 - UNMAP, WRITE SAME, SANITIZE ... rows
+from pyscsit.scsi import (  # each registers its opcode rows; some are imported for that only
+    provisioning,  # noqa: F401 - UNMAP, WRITE SAME, SANITIZE ... rows
+    registry,
+    sbc,  # noqa: F401 - READ, WRITE, VERIFY, SYNCHRONIZE CACHE ... rows
+    sbc_misc,  # noqa: F401 - WRITE AND VERIFY, ORWRITE, PRE-FETCH ... rows
+    spc,
+    vaai,  # noqa: F401 - COMPARE AND WRITE rows
+    xcopy,  # EXTENDED COPY rows
+)
 from pyscsit.scsi.identity import LuIdentity
 from pyscsit.scsi.locks import RangeLock
 from pyscsit.scsi.modes import ModeState, SoftwareWriteProtected

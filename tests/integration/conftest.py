@@ -131,7 +131,7 @@ def run(cmd: list[str], timeout: float = 120, check: bool = True,
         **kw: Any) -> subprocess.CompletedProcess[str]:
     require_tool(cmd[0])
     p = subprocess.run(cmd, capture_output=True, text=True, errors="replace",
-                       timeout=timeout, **kw)
+                       timeout=timeout, check=False, **kw)  # checked below, with the output
     if check and p.returncode != 0:
         pytest.fail(f"{' '.join(cmd)} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
     return p

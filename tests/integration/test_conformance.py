@@ -7,7 +7,6 @@ zeroing only 0-255)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest

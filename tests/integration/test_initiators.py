@@ -37,7 +37,7 @@ def test_iscsi_ls_discovers_target_and_lun(anon_server: RunningServer) -> None:
     p = run(["iscsi-ls", "-s", f"iscsi://{anon_server.portal}"])
     assert f"Target:{IQN}" in p.stdout.replace(" ", ""), p.stdout
     assert "Lun:0" in p.stdout.replace(" ", ""), p.stdout
-    assert "Portal:127.0.0.1:%d" % anon_server.port in p.stdout.replace(" ", ""), p.stdout
+    assert f"Portal:127.0.0.1:{anon_server.port}" in p.stdout.replace(" ", ""), p.stdout
 
 
 def _image_opts(s: RunningServer, digest: str | None, **extra: str) -> str:

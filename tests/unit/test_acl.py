@@ -6,9 +6,9 @@ from __future__ import annotations
 import struct
 
 import pytest
-from pyscsit.backends.memory import MemoryBackend
 
 from pyscsit.acl import FORGET_AFTER, LoginGuard, portal_matches
+from pyscsit.backends.memory import MemoryBackend
 from pyscsit.scsi import dispatch
 from pyscsit.scsi.identity import LuIdentity
 from pyscsit.scsi.lu import LogicalUnit

@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
 from pyscsit.backends.base import BackendError
 from pyscsit.backends.block import BlockBackend
-
 from pyscsit.config import ConfigError, build_model, parse_config
 from pyscsit.scsi.identity import LuIdentity
 from pyscsit.scsi.lu import LogicalUnit

@@ -8,9 +8,9 @@ import struct
 from pathlib import Path
 
 import pytest
+
 from pyscsit.backends.base import BackendError, Extent
 from pyscsit.backends.file import FileBackend
-
 from pyscsit.scsi.identity import LuIdentity
 from pyscsit.scsi.lu import LogicalUnit
 from pyscsit.scsi.task import Nexus, ScsiCommand, Status

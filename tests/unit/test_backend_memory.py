@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from pyscsit.backends.base import BackendError
 from pyscsit.backends.memory import MemoryBackend
 

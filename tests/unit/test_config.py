@@ -251,8 +251,8 @@ def test_bad_iscsi_names(name: str, problem: str) -> None:
     ("backend: file, path: scratch.img", "backend: zvol, path: tank/vol",
      "targets[1].luns.0.path: does not apply to backend 'zvol' (only to file, block)"),
     ("backend: file, path: scratch.img", "backend: zvol",
-     "targets[1].luns.0.dataset: required but missing (backend 'zvol' needs the volume's "
-     "dataset, e.g. tank/vm1)"),
+     ("targets[1].luns.0.dataset: required but missing (backend 'zvol' needs the volume's "
+      "dataset, e.g. tank/vm1)")),
     ("backend: file, path: scratch.img", "backend: zvol, dataset: -rf",
      "targets[1].luns.0.dataset: '-rf' is not a ZFS volume (expected pool/volume)"),
     ("backend: file, path: scratch.img", "backend: lvm, vg: vg0",
@@ -476,12 +476,12 @@ def test_timeouts_are_optional_and_default_to_the_servers(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("timeouts: {login: 0}", "timeouts.login: 0 is not a number of seconds (more than 0, at "
-     "most 86400)"),
-    ("timeouts: {nop_timeout: soon}", "timeouts.nop_timeout: 'soon' is not a number of "
-     "seconds (more than 0, at most 86400)"),
-    ("timeouts: {nop_interval: true}", "timeouts.nop_interval: True is not a number of "
-     "seconds (more than 0, at most 86400)"),
+    ("timeouts: {login: 0}",
+     "timeouts.login: 0 is not a number of seconds (more than 0, at most 86400)"),
+    ("timeouts: {nop_timeout: soon}",
+     "timeouts.nop_timeout: 'soon' is not a number of seconds (more than 0, at most 86400)"),
+    ("timeouts: {nop_interval: true}",
+     "timeouts.nop_interval: True is not a number of seconds (more than 0, at most 86400)"),
     ("timeouts: {logn: 3}", "timeouts.logn: unknown key (did you mean 'login'?)"),
     ("timeouts: 30", "timeouts: expected a mapping, got a number"),
 ])
@@ -506,20 +506,20 @@ def test_limits_reach_the_server_options(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("limits: {max_connections: 0}", "limits.max_connections: 0 is not a count (1 to "
-     "1000000)"),
-    ("limits: {max_pending_logins: many}", "limits.max_pending_logins: 'many' is not a count "
-     "(1 to 1000000)"),
-    ("limits: {max_sessions_per_initiator: true}", "limits.max_sessions_per_initiator: True "
-     "is not a count (1 to 1000000)"),
-    ("limits: {r2t_timeout: -1}", "limits.r2t_timeout: -1 is not a number of seconds (more "
-     "than 0, at most 86400)"),
-    ("limits: {max_buffered_bytes: 64KiB}", "limits.max_buffered_bytes: '64KiB' is out of "
-     "range (1MiB to 1TiB)"),
-    ("limits: {max_text_bytes: 10MB}", "limits.max_text_bytes: '10MB' is not a size (sizes "
-     "are powers of 1024: write GiB or G)"),
-    ("limits: {max_conections: 3}", "limits.max_conections: unknown key (did you mean "
-     "'max_connections'?)"),
+    ("limits: {max_connections: 0}",
+     "limits.max_connections: 0 is not a count (1 to 1000000)"),
+    ("limits: {max_pending_logins: many}",
+     "limits.max_pending_logins: 'many' is not a count (1 to 1000000)"),
+    ("limits: {max_sessions_per_initiator: true}",
+     "limits.max_sessions_per_initiator: True is not a count (1 to 1000000)"),
+    ("limits: {r2t_timeout: -1}",
+     "limits.r2t_timeout: -1 is not a number of seconds (more than 0, at most 86400)"),
+    ("limits: {max_buffered_bytes: 64KiB}",
+     "limits.max_buffered_bytes: '64KiB' is out of range (1MiB to 1TiB)"),
+    ("limits: {max_text_bytes: 10MB}",
+     "limits.max_text_bytes: '10MB' is not a size (sizes are powers of 1024: write GiB or G)"),
+    ("limits: {max_conections: 3}",
+     "limits.max_conections: unknown key (did you mean 'max_connections'?)"),
 ])
 def test_bad_limits_name_the_key(tmp_path: Path, text: str, message: str) -> None:
     assert error_of(tmp_path, GOOD + text + "\n") == message

@@ -8,8 +8,8 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-ISCSI = {"pyscsit.pdu", "pyscsit.session", "pyscsit.server", "pyscsit.login", "pyscsit.keys",
-         "pyscsit.chap"}
+ISCSI = {"pyscsit.pdu", "pyscsit.session", "pyscsit.session_state", "pyscsit.server",
+         "pyscsit.login", "pyscsit.keys", "pyscsit.chap"}
 SOCKET_NAMES = {"socket", "create_server", "open_connection", "start_server", "Transport",
                 "BaseTransport", "Protocol", "BufferedProtocol"}
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import itertools
 
-from pyscsit.backends.memory import MemoryBackend
-
 from pyscsit import pdu as P
+from pyscsit.backends.memory import MemoryBackend
 from pyscsit.keys import encode_text
 from pyscsit.limits import Admission, Limits, StallWatch, Throttle
 from pyscsit.scsi.identity import LuIdentity

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 import yaml
-from pyscsit.backends.lvm import Lvm
-from pyscsit.backends.zvol import Zfs
 
 from pyscsit import cli, provision
+from pyscsit.backends.lvm import Lvm
+from pyscsit.backends.zvol import Zfs
 from pyscsit.config import ConfigError, load_config
 from pyscsit.provision import ProvisionError
 

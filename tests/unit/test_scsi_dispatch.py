@@ -7,8 +7,8 @@ import struct
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from pyscsit.backends.memory import MemoryBackend
 
+from pyscsit.backends.memory import MemoryBackend
 from pyscsit.scsi import dispatch
 from pyscsit.scsi.identity import LuIdentity
 from pyscsit.scsi.lu import LogicalUnit

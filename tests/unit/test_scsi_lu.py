@@ -7,8 +7,8 @@ import struct
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pyscsit.backends.memory import MemoryBackend
 
+from pyscsit.backends.memory import MemoryBackend
 from pyscsit.scsi import registry
 from pyscsit.scsi.identity import LuIdentity
 from pyscsit.scsi.lu import LogicalUnit

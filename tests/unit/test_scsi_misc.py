@@ -7,8 +7,8 @@ from __future__ import annotations
 import struct
 
 import pytest
-from pyscsit.backends.memory import MemoryBackend
 
+from pyscsit.backends.memory import MemoryBackend
 from pyscsit.scsi import modes, registry
 from pyscsit.scsi.identity import LuIdentity
 from pyscsit.scsi.lu import LogicalUnit

@@ -8,10 +8,10 @@ import struct
 from pathlib import Path
 
 import pytest
+
 from pyscsit.backends.base import Extent
 from pyscsit.backends.file import FileBackend
 from pyscsit.backends.memory import MemoryBackend
-
 from pyscsit.scsi import provisioning as pv
 from pyscsit.scsi.identity import LuIdentity
 from pyscsit.scsi.lu import LogicalUnit

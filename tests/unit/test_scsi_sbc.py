@@ -7,9 +7,9 @@ import struct
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from pyscsit.backends.base import BackendError
 from pyscsit.backends.memory import MemoryBackend
-
 from pyscsit.scsi.identity import LuIdentity
 from pyscsit.scsi.lu import LogicalUnit
 from pyscsit.scsi.sbc import first_difference, parse_read_capacity, parse_rw, parse_sync_cache

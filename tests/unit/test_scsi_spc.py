@@ -5,8 +5,8 @@ from __future__ import annotations
 import struct
 
 import pytest
-from pyscsit.backends.memory import MemoryBackend
 
+from pyscsit.backends.memory import MemoryBackend
 from pyscsit.scsi import vpd
 from pyscsit.scsi.identity import LuIdentity
 from pyscsit.scsi.lu import LogicalUnit

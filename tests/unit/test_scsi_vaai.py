@@ -6,8 +6,8 @@ import asyncio
 import struct
 
 import pytest
-from pyscsit.backends.memory import MemoryBackend
 
+from pyscsit.backends.memory import MemoryBackend
 from pyscsit.scsi import registry, vpd
 from pyscsit.scsi.identity import LuIdentity
 from pyscsit.scsi.locks import RangeLock

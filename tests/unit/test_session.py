@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pyscsit.backends.memory import MemoryBackend
 
 from pyscsit import pdu as P
+from pyscsit.backends.memory import MemoryBackend
 from pyscsit.keys import encode_text, parse_text
 from pyscsit.login import send_targets
 from pyscsit.scsi import dispatch
