@@ -194,11 +194,8 @@ class BlockBackend(FdBackend):
         return buf
 
     async def write(self, offset: int, data: memoryview | bytes, fua: bool = False) -> None:
-        if self.read_only:
-            raise BackendError(f"{self.path}: read-only")
-        if len(data) == 0:
-            if fua:
-                await self.flush()
+        if self.read_only or len(data) == 0:
+            await self._write_nothing(fua)
             return
         self._check_aligned(offset, len(data))
         await self._in_pool(self._write_blocking, offset, data, fua)
@@ -241,8 +238,7 @@ class BlockBackend(FdBackend):
                 from exc
 
     async def write_zeroes(self, offset: int, length: int, *, deallocate: bool = False) -> None:
-        if self.read_only:
-            raise BackendError(f"{self.path}: read-only")
+        self._check_writable()
         if not length:
             return
         if deallocate and self.supports_unmap and self._zeros:

@@ -8,7 +8,6 @@ writes are done on the loop (RWF_NOWAIT where the filesystem has it, else timed:
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import errno
 import logging
@@ -103,10 +102,6 @@ class FileBackend(FdBackend):
     def unmap_reads_zeros(self) -> bool:
         return True  # a punched hole reads back as zeros
 
-    async def _run(self, fn: object, *args: object) -> object:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor(), fn, *args)  # type: ignore[arg-type]
-
     # --- I/O ------------------------------------------------------------------------------
 
     async def read(self, offset: int, length: int) -> bytearray:
@@ -125,7 +120,7 @@ class FileBackend(FdBackend):
                 self._nowait = 0  # filesystem without RWF_NOWAIT support
             if done == length:
                 return buf
-        await self._run(self._read_rest, buf, offset, done)
+        await self._in_pool(self._read_rest, buf, offset, done)
         return buf
 
     def _read_rest(self, buf: bytearray, offset: int, done: int) -> None:
@@ -141,11 +136,8 @@ class FileBackend(FdBackend):
             raise BackendError(f"{self.path}: read at {offset}: {exc.strerror}") from exc
 
     async def write(self, offset: int, data: memoryview | bytes, fua: bool = False) -> None:
-        if self.read_only:
-            raise BackendError(f"{self.path}: read-only")
-        if len(data) == 0:
-            if fua:
-                await self.flush()
+        if self.read_only or len(data) == 0:
+            await self._write_nothing(fua)
             return
         done = 0
         if self._nowait_write and not fua:
@@ -179,7 +171,7 @@ class FileBackend(FdBackend):
                               "thread pool for %g s", self.path, len(data), took * 1e3,
                               POOL_AFTER_SLOW)
                 return
-        await self._run(self._write_blocking, data, offset, fua)
+        await self._in_pool(self._write_blocking, data, offset, fua)
 
     def _write_blocking(self, data: memoryview | bytes, offset: int, fua: bool) -> None:
         view = memoryview(data)
@@ -204,8 +196,7 @@ class FileBackend(FdBackend):
             raise BackendError(f"{self.path}: punch hole: {os.strerror(err)}")
 
     async def write_zeroes(self, offset: int, length: int, *, deallocate: bool = False) -> None:
-        if self.read_only:
-            raise BackendError(f"{self.path}: read-only")
+        self._check_writable()
         if not length:
             return
         if deallocate and self.supports_unmap:

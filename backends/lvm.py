@@ -1,4 +1,5 @@
-"""LVM logical volumes: the block backend located by VG/LV name, plus provisioning via `lvm`.
+"""LVM logical volumes: provisioning via `lvm` (config_build opens an LV LU with the block
+backend).
 
 ``/dev/<vg>/<lv>`` is the udev link to the LV; ``dev_root`` and the command are settable
 (config ``lvm: {command: lvm, dev_root: /dev}``). One executable, `lvm`, takes the subcommand
@@ -18,10 +19,9 @@ from pyscsit.provision import (
     wait_for_device_gone,
 )
 
-from .block import BlockBackend
 from .volume_tool import VolumeTool
 
-__all__ = ["Lvm", "check_lv_path", "open_lv"]
+__all__ = ["Lvm", "check_lv_path"]
 
 _RESERVED_PREFIXES = ("snapshot", "pvmove")
 
@@ -39,14 +39,6 @@ def check_lv_path(text: str) -> tuple[str, str]:
     if not slash:
         raise ProvisionError(f"{text!r} is not a logical volume (expected VG/LV)")
     return check_lv_name("volume group", vg), check_lv_name("LV", lv)
-
-
-def open_lv(dev_root: str, vg: str, lv: str, *, read_only: bool = False,
-            direct: bool = False) -> BlockBackend:
-    # Whether a discard reads back zeros depends on the LV (thin pools zero whole chunks
-    # only): the device says, through write-zeroes support or BLKDISCARDZEROES.
-    return BlockBackend.open(os.path.join(dev_root, vg, lv), read_only=read_only,
-                             direct=direct, locator=f"lvm:{vg}/{lv}")
 
 
 class Lvm(VolumeTool):

@@ -98,6 +98,17 @@ class FdBackend(Backend):
             raise BackendError(f"{self.path}: closed")
         return await asyncio.get_running_loop().run_in_executor(self._executor(), fn, *args)
 
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise BackendError(f"{self.path}: read-only")
+
+    async def _write_nothing(self, fua: bool) -> None:
+        """What write() does when it writes no bytes (called for a read-only store or empty
+        data only, so the hot path pays one test): refuse, or flush for an empty FUA write."""
+        self._check_writable()
+        if fua:
+            await self.flush()
+
     async def flush(self) -> None:
         if not self.read_only:
             await self._in_pool(self._flush_blocking)

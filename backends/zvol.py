@@ -1,4 +1,4 @@
-"""ZFS volumes: the block backend located by dataset name, plus provisioning via `zfs`.
+"""ZFS volumes: provisioning via `zfs` (config_build opens a zvol LU with the block backend).
 
 ``/dev/zvol/<dataset>`` is the udev link to the zvol's device; ``dev_root`` and the command are
 settable (config ``zfs: {command: zfs, dev_root: /dev/zvol}``) for tests and unusual installs.
@@ -17,10 +17,9 @@ from pyscsit.provision import (
     wait_for_device_gone,
 )
 
-from .block import BlockBackend
 from .volume_tool import VolumeTool
 
-__all__ = ["Zfs", "check_dataset", "open_zvol"]
+__all__ = ["Zfs", "check_dataset"]
 
 MIN_VOLBLOCKSIZE = 512
 MAX_VOLBLOCKSIZE = 1 << 20
@@ -49,13 +48,6 @@ def check_volblocksize(value: int) -> int:
         raise ProvisionError(f"volblocksize {value} is not a power of two from "
                              f"{MIN_VOLBLOCKSIZE} to {MAX_VOLBLOCKSIZE}")
     return value
-
-
-def open_zvol(dev_root: str, dataset: str, *, read_only: bool = False,
-              direct: bool = False) -> BlockBackend:
-    # The identity follows the dataset, not the device path (zd0 numbering is not stable).
-    return BlockBackend.open(os.path.join(dev_root, dataset), read_only=read_only,
-                             direct=direct, locator=f"zvol:{dataset}", discard_zeroes=True)
 
 
 class Zfs(VolumeTool):

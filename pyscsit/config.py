@@ -289,13 +289,13 @@ def _overlap(a: str, b: str) -> bool:
 def _timeouts(value: object, path: str) -> Timeouts:
     names = ("login", "nop_interval", "nop_timeout")
     m = check_mapping(value, path, (), names)
-    seconds: dict[str, float] = {}
-    for key, v in m.items():
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 86400:
-            fail(at_key(path, key), f"{v!r} is not a number of seconds (more than 0, at most "
-                 "86400)")
-        seconds[key] = float(v)
-    return Timeouts(**seconds)
+    return Timeouts(**{key: _seconds(v, at_key(path, key)) for key, v in m.items()})
+
+
+def _seconds(value: object, path: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 86400:
+        fail(path, f"{value!r} is not a number of seconds (more than 0, at most 86400)")
+    return float(value)
 
 
 LIMIT_COUNTS = ("max_connections", "max_connections_per_address", "max_pending_logins",
@@ -314,9 +314,7 @@ def _limits(value: object, path: str) -> Limits:
                 fail(where, f"{v!r} is not a count (1 to 1000000)")
             got[key] = v
         elif key == "r2t_timeout":
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 86400:
-                fail(where, f"{v!r} is not a number of seconds (more than 0, at most 86400)")
-            got[key] = float(v)
+            got[key] = _seconds(v, where)
         else:
             lo, hi, span = LIMIT_SIZES[key]
             try:
@@ -444,7 +442,6 @@ def load_config(path: str | os.PathLike[str]) -> ServerConfig:
     except yaml.YAMLError as e:
         raise ConfigError(source, "", f"not valid YAML: {e}") from None
     return parse_config(data, source=source, base_dir=Path(source).resolve().parent)
-
 
 
 # -- the embedded default (`pyscsit serve` without --config) -----------------------------------

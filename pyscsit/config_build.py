@@ -21,7 +21,6 @@ if TYPE_CHECKING:
 __all__ = ["build_model", "server_options"]
 
 
-
 def server_options(cfg: ServerConfig) -> ServerOptions:
     """The server's timers from ``cfg.timeouts``, and its ``cfg.limits``."""
     from pyscsit.server import ServerOptions
@@ -50,6 +49,9 @@ def _open_block(lun: LunConfig) -> Backend:
     from pyscsit.backends.base import BackendError
     from pyscsit.backends.block import BlockBackend
 
+    # The identity follows the volume's name, not the device path (zd0 numbering is not
+    # stable). A zvol's freed blocks read as zeros; whether an LV's discard does depends on
+    # the LV (thin pools zero whole chunks only), so the device says (BLKDISCARDZEROES).
     if lun.backend == "zvol":
         locator, zeroes, make = f"zvol:{lun.dataset}", True, f"zfs create -V SIZE {lun.dataset}"
     elif lun.backend == "lvm":
@@ -131,7 +133,8 @@ def build_model(cfg: ServerConfig) -> Model:
             backend.close()
         raise
     return Model(portals=list(cfg.portals), targets=targets, state_dir=cfg.state_dir,
-                 discovery_auth=cfg.discovery_auth.to_auth(), **_model_policy(cfg))
+                 discovery_auth=cfg.discovery_auth.to_auth(), directory=directory,
+                 **_model_policy(cfg))
 
 
 def _reason(e: BaseException) -> str:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import IntEnum
 
-from pyscsit.chap import DEFAULT_ALGORITHMS, ChapAlgorithm, ChapAuthenticator, ChapError
+from pyscsit.chap import ChapAlgorithm, ChapAuthenticator, ChapError
 from pyscsit.keys import (
     IRRELEVANT,
     KEYS,
@@ -325,10 +325,10 @@ class LoginMachine:
             if "CHAP" not in methods:
                 raise LoginFailure(LoginStatus.AUTHENTICATION_FAILURE, "CHAP required")
             self._auth_method = "CHAP"
+            # No chap_algorithms configured (empty): ChapAuthenticator takes its defaults.
             algorithms = tuple(ChapAlgorithm(n) for n in self.model.chap_algorithms)
             self._chap = ChapAuthenticator(chap, self._auth.mutual_chap,
-                                           algorithms=algorithms or DEFAULT_ALGORITHMS,
-                                           guard=self.model.guard)
+                                           algorithms=algorithms, guard=self.model.guard)
         else:
             if "None" not in methods:
                 raise LoginFailure(LoginStatus.AUTHENTICATION_FAILURE, "only None offered")

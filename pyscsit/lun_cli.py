@@ -38,6 +38,7 @@ from typing import Any
 
 import yaml
 
+from pyscsit.backends.block import BLKGETSIZE64
 from pyscsit.backends.lvm import Lvm, check_lv_path
 from pyscsit.backends.zvol import Zfs, check_snapshot
 from pyscsit.config import (
@@ -48,14 +49,14 @@ from pyscsit.config import (
     parse_config,
     parse_size,
 )
+from pyscsit.files import write_atomic
 from pyscsit.provision import ProvisionError, Undo
-from pyscsit.reload import PID_FILE, STATUS_FILE, write_atomic
+from pyscsit.reload import PID_FILE, STATUS_FILE
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 RELOAD_TIMEOUT = 90.0  # seconds: a reload waits for commands on removed LUs to finish
-BLKGETSIZE64 = 0x80081272
 
 
 class LiveError(Exception):

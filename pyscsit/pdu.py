@@ -10,6 +10,7 @@ carrying the Reject reason code.
 from __future__ import annotations
 
 import struct
+from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
@@ -95,13 +96,17 @@ class Pdu:
     ahs: bytes = b""
     data: Buffer = b""
 
-    # -- per-type layout, overridden --------------------------------------------------------
+    # -- per-type layout: every PDU type (PDU_TYPES) defines both ---------------------------
+    # encode_bhs / decode_bhs handle the common fields (opcode, I, F, lengths, ITT) around them.
+    # Checked by mypy; no abc.ABC, whose metaclass would slow isinstance on the data path.
+    @abstractmethod
     def _pack_specific(self, h: bytearray) -> None:
-        raise NotImplementedError
+        """Write this type's own fields into the BHS ``h``."""
 
     @classmethod
+    @abstractmethod
     def _unpack_specific(cls, h: Buffer) -> dict[str, object]:
-        raise NotImplementedError
+        """This type's own fields of the BHS ``h``, as constructor keywords."""
 
 
 def _u32(b: Buffer, o: int) -> int:
@@ -646,46 +651,47 @@ def _command_ahs(pdu: ScsiCommandPdu) -> bytes:
 _BHS_WORDS = struct.Struct(">BBBBIQIIIIIIII")
 
 
-def _bhs_data_in(p: DataIn) -> bytes:
+def _bhs_data_in(p: DataIn, dlen: int) -> bytes:
     flags = ((_F if p.final else 0) | (0x40 if p.ack else 0) | (0x04 if p.overflow else 0)
              | (0x02 if p.underflow else 0) | (0x01 if p.has_status else 0))
     return _BHS_WORDS.pack(Opcode.SCSI_DATA_IN, flags, 0, p.status if p.has_status else 0,
-                           _data_len(p.data), p.lun, p.itt, p.ttt, p.stat_sn, p.exp_cmd_sn,
+                           dlen, p.lun, p.itt, p.ttt, p.stat_sn, p.exp_cmd_sn,
                            p.max_cmd_sn, p.data_sn, p.buffer_offset, p.residual)
 
 
-def _bhs_scsi_response(p: ScsiResponse) -> bytes:
+def _bhs_scsi_response(p: ScsiResponse, dlen: int) -> bytes:
     flags = ((_F if p.final else 0) | (0x10 if p.bidi_overflow else 0)
              | (0x08 if p.bidi_underflow else 0) | (0x04 if p.overflow else 0)
              | (0x02 if p.underflow else 0))
     return _BHS_WORDS.pack(Opcode.SCSI_RESPONSE, flags, p.response, p.status,
-                           _data_len(p.data), 0, p.itt, p.snack_tag, p.stat_sn, p.exp_cmd_sn,
+                           dlen, 0, p.itt, p.snack_tag, p.stat_sn, p.exp_cmd_sn,
                            p.max_cmd_sn, p.exp_data_sn, p.bidi_read_residual, p.residual)
 
 
-def _bhs_r2t(p: R2T) -> bytes:
-    return _BHS_WORDS.pack(Opcode.R2T, _F if p.final else 0, 0, 0, _data_len(p.data), p.lun,
+def _bhs_r2t(p: R2T, dlen: int) -> bytes:
+    return _BHS_WORDS.pack(Opcode.R2T, _F if p.final else 0, 0, 0, dlen, p.lun,
                            p.itt, p.ttt, p.stat_sn, p.exp_cmd_sn, p.max_cmd_sn, p.r2t_sn,
                            p.buffer_offset, p.desired_length)
 
 
-_FAST_BHS: dict[type[Pdu], Callable[[Any], bytes]] = {
+# (the PDU, its data segment length) -> its BHS
+_FAST_BHS: dict[type[Pdu], Callable[[Any, int], bytes]] = {
     DataIn: _bhs_data_in, ScsiResponse: _bhs_scsi_response, R2T: _bhs_r2t}
 
 
 def encode(pdu: Pdu, header_digest: bool = False, data_digest: bool = False) -> list[Buffer]:
     """Wire buffers for ``pdu``: header (+digest), data (+padding, +digest)."""
+    data = pdu.data
+    dlen = _data_len(data)
     fast = _FAST_BHS.get(type(pdu))
     h: bytes | bytearray
-    if fast is not None and not pdu.ahs and _data_len(pdu.data) < 1 << 24:
-        h = fast(pdu)
+    if fast is not None and not pdu.ahs and dlen < 1 << 24:
+        h = fast(pdu, dlen)
     else:
         h = encode_bhs(pdu)
     if header_digest:
         h += _U32LE.pack(crc32c(h, 0))
     out: list[Buffer] = [h]
-    data = pdu.data
-    dlen = _data_len(data)
     if dlen:
         out.append(data)
         pad = -dlen % 4

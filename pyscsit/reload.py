@@ -48,8 +48,7 @@ if TYPE_CHECKING:
     from pyscsit.scsi.task import Nexus
     from pyscsit.server import IscsiServer
 
-__all__ = ["PID_FILE", "STATUS_FILE", "ReloadReport", "Reloader", "live_config",
-           "write_atomic"]  # write_atomic: from pyscsit.files, for `pyscsit lun`
+__all__ = ["PID_FILE", "STATUS_FILE", "ReloadReport", "Reloader", "live_config"]
 
 log = logging.getLogger("pyscsit.reload")
 
@@ -211,13 +210,11 @@ class Reloader:
                 target = fresh
             else:
                 self._update_target(target, fresh)
-                directory = next((lu.directory for lu in target.luns.values()
-                                  if getattr(lu, "directory", None) is not None), None)
-                for n, lu in fresh.luns.items():
-                    target.luns[n] = lu
-                    if directory is not None:
-                        directory.add(lu)
-            for n in fresh.luns:
+                target.luns.update(fresh.luns)
+            for n, lu in fresh.luns.items():
+                # one server-wide directory: new LUs, of old and new targets, join it
+                if model.directory is not None:
+                    model.directory.add(lu)
                 self._applied[(iqn, n)] = wanted[(iqn, n)]
                 if _name((iqn, n)) not in report.replaced:
                     report.added.append(_name((iqn, n)))
@@ -280,9 +277,8 @@ class Reloader:
                    and not t.handle.done()]
         if running:
             await asyncio.wait(running, timeout=DRAIN_TIMEOUT)
-        directory = getattr(lu, "directory", None)
-        if directory is not None and hasattr(directory, "remove"):
-            directory.remove(lu)
+        if lu.directory is not None:
+            lu.directory.remove(lu)
         await asyncio.to_thread(lu.backend.close)
         log.info("closed %s (%s)", _name(key), lu.backend.locator)
 

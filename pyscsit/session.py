@@ -507,11 +507,10 @@ class Connection:
         s = self.session
         assert s is not None
         t = s.tasks.get(pdu.itt)
-        header = P.encode_bhs(pdu)[:P.BHS_LEN]
         if t is None or t.buffer is None or t.executing:
             if t is None and pdu.itt in self._dead_itts:
                 return  # the rest of a transfer that already failed
-            self._reject(header, P.RejectReason.INVALID_PDU_FIELD)
+            self._reject(P.encode_bhs(pdu)[:P.BHS_LEN], P.RejectReason.INVALID_PDU_FIELD)
             return
         n = len(pdu.data)
         off = pdu.buffer_offset
@@ -531,7 +530,7 @@ class Connection:
         else:
             r = t.r2ts.get(pdu.ttt)
             if r is None:
-                self._reject(header, P.RejectReason.INVALID_PDU_FIELD)
+                self._reject(P.encode_bhs(pdu)[:P.BHS_LEN], P.RejectReason.INVALID_PDU_FIELD)
                 return
             # DataPDUInOrder=Yes: offsets ascend without gaps; DataSN counts from 0 per R2T
             if (off != r.next_offset or pdu.data_sn != r.next_data_sn

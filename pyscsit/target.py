@@ -16,6 +16,7 @@ from pyscsit.acl import LoginGuard, portal_matches
 
 if TYPE_CHECKING:
     from pyscsit.scsi.lu import LogicalUnit
+    from pyscsit.scsi.xcopy import LuDirectory
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +110,8 @@ class Model:
     chap_algorithms: tuple[int, ...] = ()
     #: failed-login back-off and issued CHAP challenges, shared by every connection
     guard: LoginGuard = field(default_factory=LoginGuard)
+    #: every LU of the server by NAA, for EXTENDED COPY across LUs (config fills it)
+    directory: LuDirectory | None = None
 
     def target(self, iqn: str) -> Target | None:
         return self.targets.get(iqn)

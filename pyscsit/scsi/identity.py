@@ -16,9 +16,10 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from pyscsit.files import write_atomic
 
 PYSCSIT_CID = 0x5A5059
 _FILE_NAME = "lu-identities.json"
@@ -91,29 +92,4 @@ class IdentityStore:
                 for loc, i in sorted(self._ids.items())
             },
         }
-        atomic_write(self._path, json.dumps(doc, indent=2).encode() + b"\n")
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` atomically: temp file in the same directory, fsync, rename, fsync the
-    directory. After a crash the file holds either the old or the new bytes, never a mix."""
-    directory = path.parent
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+        write_atomic(self._path, json.dumps(doc, indent=2) + "\n", 0o644)

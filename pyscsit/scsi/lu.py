@@ -235,7 +235,9 @@ class LogicalUnit:
             if op.generic_checks:
                 check_cdb(op, cdb)
             if op.writes_medium and self.write_protected:
-                self.check_writable()  # SBC-3 4.11: DATA PROTECT before touching anything
+                # SBC-3 4.11: DATA PROTECT before touching anything; the one check for every
+                # row with writes_medium, so handlers do not repeat it
+                self.check_writable()
             return await op.handler(self, cmd)
         except SenseError as exc:
             return self.check_condition(exc, self._xfer_for(op, cdb))

@@ -15,7 +15,7 @@ import struct
 from typing import TYPE_CHECKING, NamedTuple
 
 from pyscsit.backends.base import BackendError, Extent
-from pyscsit.scsi.registry import OpInfo, block_count, register
+from pyscsit.scsi.registry import OpInfo, alloc_len, block_count, register
 from pyscsit.scsi.sense import (
     InvalidFieldInCdb,
     InvalidFieldInParameterList,
@@ -98,7 +98,6 @@ def check_unmap_descriptors(
 
 async def unmap(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
     req = parse_unmap_cdb(cmd.cdb)
-    lu.check_writable()
     if not lu.lbpu:
         raise InvalidOpcode("UNMAP: this logical unit cannot unmap")
     if req.anchor and not ANC_SUP:
@@ -177,7 +176,6 @@ async def write_same(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
     ws = parse_write_same(cmd.cdb)
     sixteen = cmd.cdb[0] == 0x93
     check_write_same(ws)
-    lu.check_writable()
     lu.refresh_capacity()
     if ws.lba >= lu.num_blocks:
         raise LbaOutOfRange(f"WRITE SAME at {ws.lba} beyond {lu.num_blocks} blocks")
@@ -371,7 +369,6 @@ async def sanitize(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
         # SBC-3 4.11.?: leave the failure mode of an earlier failed sanitize, medium as it is
         lu.sanitize_failed = False
         return ScsiResult()
-    lu.check_writable()
     params: OverwriteParams | None = None
     if req.service_action == SA_OVERWRITE:
         data = cmd.data_out if cmd.data_out is not None else memoryview(b"")
@@ -455,7 +452,6 @@ async def write_atomic(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
         raise InvalidFieldInCdb(1, 7, "protection information is not supported")
     if req.boundary:
         raise InvalidFieldInCdb(10, None, "atomic boundaries are not supported")
-    lu.check_writable()
     lu.check_range(req.lba, req.blocks)
     max_len, align, gran = atomic_limits(lu)
     if req.blocks > max_len:
@@ -526,8 +522,7 @@ register(OpInfo(0x41, "WRITE SAME(10)", 10, _W, write_same, write_same_xfer,
 register(OpInfo(0x93, "WRITE SAME(16)", 16, _W, write_same, write_same_xfer,
                 bytes((0x93, 0xF9, *_L8, *_L4, 0x1F, CTRL)), exact_xfer=True,
                 writes_medium=True))
-register(OpInfo(0x9E, "GET LBA STATUS", 16, Direction.READ, get_lba_status,
-                lambda cdb, bs: (Direction.READ, int.from_bytes(cdb[10:14], "big")),
+register(OpInfo(0x9E, "GET LBA STATUS", 16, Direction.READ, get_lba_status, alloc_len(10, 4),
                 bytes((0x9E, 0x1F, *_L8, *_L4, 0, CTRL)), service_action=0x12))
 # byte 1: IMMED | AUSE | SERVICE ACTION
 for _sa, _name in ((SA_OVERWRITE, "OVERWRITE"), (SA_BLOCK_ERASE, "BLOCK ERASE"),

@@ -81,9 +81,8 @@ class OpInfo:
     # command normally takes (0: not specified) and the timeout a host should allow.
     nominal_timeout: int = 0
     recommended_timeout: int = 30
-    # Reservation conflict rule; None: PR_DEFAULTS, else WRITE. Read it as ``conflict``.
-    pr_rule: PrConflict | None = None
     reserved_mask: int = field(init=False, default=0)
+    # Reservation conflict rule: PR_DEFAULTS for the opcode (and service action), else WRITE.
     conflict: PrConflict = field(init=False, default=PrConflict.WRITE)
 
     def __post_init__(self) -> None:
@@ -91,10 +90,8 @@ class OpInfo:
             raise ValueError(f"{self.name}: usage data must be {self.cdb_len} bytes")
         inverse = bytes((~b) & 0xFF for b in self.usage)
         object.__setattr__(self, "reserved_mask", int.from_bytes(inverse, "big"))
-        rule = self.pr_rule
-        if rule is None:
-            rule = PR_DEFAULTS.get((self.opcode, self.service_action),
-                                   PR_DEFAULTS.get((self.opcode, None), PrConflict.WRITE))
+        rule = PR_DEFAULTS.get((self.opcode, self.service_action),
+                               PR_DEFAULTS.get((self.opcode, None), PrConflict.WRITE))
         object.__setattr__(self, "conflict", rule)
 
     def check_reserved(self, cdb: bytes) -> None:

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pyscsit.files import write_atomic
 from pyscsit.scsi import pr_codec as C
-from pyscsit.scsi.identity import atomic_write
 from pyscsit.scsi.pr_codec import MoveParams, ProutAction, ProutParams, PrType
 from pyscsit.scsi.registry import OpInfo, PrConflict, alloc_len, fixed, param_len, register
 from pyscsit.scsi.sense import (
@@ -126,7 +126,7 @@ class PrStore:
                 os.close(dfd)
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.path, json.dumps(doc, indent=2).encode() + b"\n", 0o600)
+        write_atomic(self.path, json.dumps(doc, indent=2) + "\n")
 
 
 class Reservations:
@@ -540,9 +540,9 @@ for _in in C.PrinAction:
     register(OpInfo(0x5E, f"PERSISTENT RESERVE IN/{_in.name}", 10, Direction.READ,
                     persistent_reserve_in, alloc_len(7, 2),
                     bytes((0x5E, 0x1F, 0, 0, 0, 0, 0, 0xFF, 0xFF, CTRL)),
-                    service_action=_in, pr_rule=PrConflict.PR_ALLOWED))
+                    service_action=_in))
 for _out in ProutAction:
     register(OpInfo(0x5F, f"PERSISTENT RESERVE OUT/{_out.name}", 10, _W,
                     persistent_reserve_out, param_len(5, 4),
                     bytes((0x5F, 0x1F, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, CTRL)),
-                    service_action=_out, pr_rule=PrConflict.PR_ALLOWED))
+                    service_action=_out))

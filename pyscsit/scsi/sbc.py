@@ -16,15 +16,15 @@ from pyscsit.scsi.task import Direction, ScsiCommand, ScsiResult
 
 if TYPE_CHECKING:
     from pyscsit.scsi.lu import LogicalUnit
-    from pyscsit.scsi.sbc_misc import BlockCdb
 
 
 class Rw(NamedTuple):
-    """A parsed READ/WRITE/VERIFY CDB. ``protect`` is RDPROTECT/WRPROTECT/VRPROTECT."""
+    """A parsed READ/WRITE/VERIFY CDB (and sbc_misc's WRITE AND VERIFY, ORWRITE, PRE-FETCH).
+    ``protect`` is RDPROTECT/WRPROTECT/VRPROTECT/ORPROTECT."""
 
     lba: int
     blocks: int
-    flags: int  # byte 1: DPO 0x10, FUA 0x08 (BYTCHK bits 2:1 for VERIFY)
+    flags: int  # byte 1: DPO 0x10, FUA 0x08 (BYTCHK bits 2:1 for (WRITE AND) VERIFY)
     protect: int
     tl_byte: int  # where TRANSFER LENGTH starts, for field pointers
 
@@ -71,7 +71,7 @@ _CDB_SIZE: dict[int, int] = {
 }
 
 
-def check_transfer(lu: LogicalUnit, req: Rw | BlockCdb) -> None:
+def check_transfer(lu: LogicalUnit, req: Rw) -> None:
     """The checks every command that moves blocks makes: no protection information, the
     range on the medium, the transfer length within the Block Limits VPD maximum."""
     if req.protect:
@@ -96,7 +96,6 @@ async def read(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
 
 async def write(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
     rw = parse_rw(cmd.cdb)
-    lu.check_writable()
     check_transfer(lu, rw)
     bs = lu.block_size
     n = rw.blocks * bs

@@ -1,7 +1,7 @@
 """The rest of the block commands a disk answers (SBC-3): WRITE AND VERIFY(10/12/16),
 ORWRITE(16), PRE-FETCH(10/16), READ DEFECT DATA(10/12), PREVENT ALLOW MEDIUM REMOVAL.
 
-Each command: parse the CDB into a ``BlockCdb`` (a pure function), check it against the LU,
+Each command: parse the CDB into an ``sbc.Rw`` (a pure function), check it against the LU,
 then execute. Every write goes through ``LogicalUnit.write_or_sense`` so the write cache
 setting (WCE) and the range lock apply to it as to WRITE.
 """
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from pyscsit.scsi.registry import OpInfo, alloc_len, block_count, fixed, register
-from pyscsit.scsi.sbc import check_transfer, first_difference
+from pyscsit.scsi.sbc import Rw, check_transfer, first_difference
 from pyscsit.scsi.sense import InvalidFieldInCdb, Miscompare
 from pyscsit.scsi.task import Direction, ScsiCommand, ScsiResult
 
@@ -33,44 +33,23 @@ _CDB_SIZE = {
 }
 
 
-class BlockCdb(NamedTuple):
-    """LBA + length CDB of the (10), (12) or (16) layout."""
-
-    lba: int
-    blocks: int
-    flags: int  # byte 1: *PROTECT 7:5, DPO 0x10, FUA 0x08, BYTCHK 2:1, IMMED 0x02 (PRE-FETCH)
-    group: int
-    tl_byte: int  # where the length field starts, for field pointers
-
-    @property
-    def protect(self) -> int:
-        return self.flags >> 5
-
-    @property
-    def fua(self) -> bool:
-        return bool(self.flags & 0x08)
-
-    @property
-    def bytchk(self) -> int:
-        return (self.flags >> 1) & 0x03
-
-
-def parse_block_cdb(cdb: bytes) -> BlockCdb:
+def parse_block_cdb(cdb: bytes) -> Rw:
+    """LBA + length CDB of the (10), (12) or (16) layout, laid out as READ/WRITE's are."""
     size = _CDB_SIZE[cdb[0]]
+    flags = cdb[1]
     if size == 10:
-        lba, group, blocks = struct.unpack_from(">IBH", cdb, 2)
-        return BlockCdb(lba, blocks, cdb[1], group & 0x1F, 7)
+        lba, blocks = struct.unpack_from(">IxH", cdb, 2)
+        return Rw(lba, blocks, flags, flags >> 5, 7)
     if size == 12:
-        lba, blocks, group = struct.unpack_from(">IIB", cdb, 2)
-        return BlockCdb(lba, blocks, cdb[1], group & 0x1F, 6)
-    lba, blocks, group = struct.unpack_from(">QIB", cdb, 2)
-    return BlockCdb(lba, blocks, cdb[1], group & 0x1F, 10)
+        lba, blocks = struct.unpack_from(">II", cdb, 2)
+        return Rw(lba, blocks, flags, flags >> 5, 6)
+    lba, blocks = struct.unpack_from(">QI", cdb, 2)
+    return Rw(lba, blocks, flags, flags >> 5, 10)
 
 
-def _checked_write(lu: LogicalUnit, cmd: ScsiCommand, req: BlockCdb) -> tuple[int, memoryview]:
+def _checked_write(lu: LogicalUnit, cmd: ScsiCommand, req: Rw) -> tuple[int, memoryview]:
     """Check a write against the LU; returns the transfer length in bytes and the Data-Out
     that arrived, cut to whole blocks and at most that length (as WRITE does)."""
-    lu.check_writable()
     check_transfer(lu, req)
     n = req.blocks * lu.block_size
     data = cmd.data_out if cmd.data_out is not None else memoryview(b"")

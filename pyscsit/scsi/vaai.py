@@ -48,7 +48,6 @@ def caw_xfer(cdb: bytes, bs: int) -> tuple[Direction, int]:
 
 async def compare_and_write(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
     req = parse_compare_and_write(cmd.cdb)
-    lu.check_writable()
     if req.blocks > lu.max_compare_write_blocks:
         # SBC-3 5.2: more than the Block Limits MAXIMUM COMPARE AND WRITE LENGTH
         raise InvalidFieldInCdb(NLB_BYTE, None, "above the maximum compare and write length")

@@ -20,11 +20,10 @@ import struct
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
-from pyscsit.scsi.registry import OpInfo, alloc_len, register
+from pyscsit.scsi.registry import OpInfo, alloc_len, param_len, register
 from pyscsit.scsi.sense import (
-    FieldPointer,
     InvalidFieldInCdb,
     InvalidFieldInParameterList,
     ParameterListLengthError,
@@ -83,28 +82,22 @@ class CopyAborted(SenseError):
         return Sense(self.key, self._asc, self._ascq, self.information, self.field)
 
 
-class _ParamListError(SenseError):
-    """ILLEGAL REQUEST in the parameter list, with a field pointer at the descriptor."""
-
-    asc: ClassVar[int] = 0x26
-
-    def __init__(self, byte: int, message: str = "") -> None:
-        super().__init__(message, field=FieldPointer(byte, None, in_cdb=False))
+# 5/26/xx with a field pointer at the descriptor, like INVALID FIELD IN PARAMETER LIST
 
 
-class TooManyTargetDescriptors(_ParamListError):
+class TooManyTargetDescriptors(InvalidFieldInParameterList):
     ascq = 0x06
 
 
-class UnsupportedTargetDescriptorType(_ParamListError):
+class UnsupportedTargetDescriptorType(InvalidFieldInParameterList):
     ascq = 0x07
 
 
-class TooManySegmentDescriptors(_ParamListError):
+class TooManySegmentDescriptors(InvalidFieldInParameterList):
     ascq = 0x08
 
 
-class UnsupportedSegmentDescriptorType(_ParamListError):
+class UnsupportedSegmentDescriptorType(InvalidFieldInParameterList):
     ascq = 0x09
 
 
@@ -127,6 +120,12 @@ class LuDirectory:
 
     def find(self, naa: bytes) -> LogicalUnit | None:
         return self._by_naa.get(naa)
+
+    def remove(self, lu: LogicalUnit) -> None:
+        """A removed LU is no copy target any more (its backend is about to close)."""
+        if self._by_naa.get(lu.identity.naa) is lu:
+            del self._by_naa[lu.identity.naa]
+        lu.directory = None
 
 
 def resolve(lu: LogicalUnit, nexus: Nexus, designator: bytes) -> LogicalUnit | None:
@@ -227,7 +226,7 @@ def parse_copy_list(buf: bytes) -> CopyList:
 
 def _parse_cscd(buf: bytes, off: int) -> Cscd:
     if buf[off] != CSCD_IDENTIFICATION:
-        raise UnsupportedTargetDescriptorType(off, f"CSCD type {buf[off]:#04x}")
+        raise UnsupportedTargetDescriptorType(off, None, f"CSCD type {buf[off]:#04x}")
     # byte 1: LU ID TYPE and NUL are ignored (SPC-4 6.4.5.1: LU ID TYPE is obsolete to a
     # copy manager that finds LUs by designator); PERIPHERAL DEVICE TYPE must be a disk.
     if buf[off + 1] & 0x1F:
@@ -241,7 +240,7 @@ def _parse_cscd(buf: bytes, off: int) -> Cscd:
 
 def _parse_segment(buf: bytes, off: int, ncscd: int) -> Segment:
     if buf[off] != SEG_BLOCK_TO_BLOCK:
-        raise UnsupportedSegmentDescriptorType(off, f"segment type {buf[off]:#04x}")
+        raise UnsupportedSegmentDescriptorType(off, None, f"segment type {buf[off]:#04x}")
     if int.from_bytes(buf[off + 2 : off + 4], "big") != SEG_B2B_LEN:
         raise InvalidFieldInParameterList(off + 2, None, "block -> block descriptor length")
     src, dst = struct.unpack_from(">HH", buf, off + 4)
@@ -454,7 +453,7 @@ def third_party_copy_descriptors(lu: LogicalUnit) -> bytes:
 CTRL = 0xC7
 _L4 = (0xFF,) * 4
 register(OpInfo(OP_EXTENDED_COPY, "EXTENDED COPY(LID1)", 16, Direction.WRITE, extended_copy,
-                lambda cdb, bs: (Direction.WRITE, int.from_bytes(cdb[10:14], "big")),
+                param_len(10, 4),
                 bytes((OP_EXTENDED_COPY, 0x1F, *(0,) * 8, *_L4, 0, CTRL)),
                 service_action=SA_LID1, writes_medium=True))
 for _sa, _name in ((SA_COPY_STATUS, "COPY STATUS"),

@@ -51,6 +51,15 @@ class RunningServer:
     def log(self) -> str:
         return "\n".join(self.log_lines)
 
+    def logged(self, text: str, timeout: float = 5.0) -> bool:
+        """Has the server logged ``text``? (Its log is read by a thread: allow it to catch up.)"""
+        deadline = time.monotonic() + timeout
+        while text not in self.log():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

@@ -84,14 +84,6 @@ class Hostile:
         grown = self.rss() - self.rss0
         assert grown < RSS_BUDGET, f"RSS grew by {grown / MiB:.0f} MiB"
 
-    def logged(self, text: str, timeout: float = 5.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while text not in self.server.log():
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
-        return True
-
 
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hostile]:
@@ -237,7 +229,7 @@ def test_data_announced_and_never_sent(hostile: Hostile) -> None:
                                   cdb=write16(0, 8).ljust(16, b"\0")))
         took, seen = live_until_closed(ini, 6)
         assert [type(p) for p in seen] == [P.R2T] and took < 3.5
-    assert hostile.logged("no Data-Out for task")
+    assert hostile.server.logged("no Data-Out for task")
     hostile.still_serves()
 
 
@@ -256,7 +248,7 @@ def test_slow_loris_login_is_cut_off_by_the_login_timeout(hostile: Hostile) -> N
             pass
         took = time.monotonic() - start
         assert took < LOGIN_TIMEOUT + 1.5
-    assert hostile.logged("login timeout")
+    assert hostile.server.logged("login timeout")
     with hostile.connect() as ini:  # in full feature phase: the NOP ping cannot be answered
         ini.login(IQN)
         wire = ini.encode(P.NopOut(immediate=True, itt=5, cmd_sn=ini.cmd_sn, data=bytes(64)))

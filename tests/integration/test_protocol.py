@@ -20,6 +20,7 @@ from tests.support.initiator import (
     LoginError,
     chap_response,
 )
+from tests.support.scsi import read16, write16
 
 pytestmark = pytest.mark.integration
 
@@ -29,14 +30,6 @@ FAST_TIMERS = {"login": 1, "nop_interval": 0.5, "nop_timeout": 1}
 
 GOOD, CHECK_CONDITION = 0x00, 0x02
 UNIT_ATTENTION, ABORTED_COMMAND = 0x6, 0xB
-
-
-def read16(lba: int, blocks: int) -> bytes:
-    return bytes([0x88, 0]) + lba.to_bytes(8, "big") + blocks.to_bytes(4, "big") + bytes(2)
-
-
-def write16(lba: int, blocks: int) -> bytes:
-    return bytes([0x8A, 0]) + lba.to_bytes(8, "big") + blocks.to_bytes(4, "big") + bytes(2)
 
 
 TUR = bytes(6)
@@ -51,16 +44,6 @@ def sense_code(sense: bytes) -> tuple[int, int, int]:
 
 def connect(server: RunningServer, **kw: Any) -> Initiator:
     return Initiator.connect(server.host, server.port, **kw)
-
-
-def logged(server: RunningServer, text: str, timeout: float = 5.0) -> bool:
-    """Has the server logged ``text``? (Its log is read by a thread: allow it to catch up.)"""
-    deadline = time.monotonic() + timeout
-    while text not in server.log():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def quiet_for(ini: Initiator, seconds: float) -> list[P.Pdu]:
@@ -230,7 +213,7 @@ def test_session_reinstatement_closes_the_old_connection(server: RunningServer) 
             old.nop()
         assert new.nop(b"new").data == b"new"
         assert other.nop(b"other").data == b"other"  # a different ISID is untouched
-        assert logged(server, "session reinstatement")
+        assert server.logged("session reinstatement")
     finally:
         for i in (old, new, other):
             i.close()
@@ -284,7 +267,7 @@ def test_target_drops_an_initiator_that_never_answers_pings(server: RunningServe
         elapsed = time.monotonic() - start
         assert seen and all(isinstance(p, P.NopIn) and p.ttt != P.RESERVED_TAG for p in seen)
         assert elapsed < 5  # nop_interval 0.5 s + nop_timeout 1 s, plus slack
-    assert logged(server, "did not answer a NOP-In ping")
+    assert server.logged("did not answer a NOP-In ping")
 
 
 @pytest.mark.parametrize("partial", [False, True])
@@ -303,7 +286,7 @@ def test_login_timeout_closes_a_connection_that_never_logs_in(
         except ConnectionResetError:
             pass
         assert time.monotonic() - start < 5
-    assert logged(server, "login timeout")
+    assert server.logged("login timeout")
 
 
 # -- task management -----------------------------------------------------------------------

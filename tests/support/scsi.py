@@ -31,7 +31,7 @@ async def run(lu: LogicalUnit, cdb: bytes, data: bytes | None = None, nexus: Nex
 
 def sense_of(r: ScsiResult) -> tuple[int, int, int]:
     """(sense key, ASC, ASCQ) of a CHECK CONDITION."""
-    assert r.status == Status.CHECK_CONDITION
+    assert r.status == Status.CHECK_CONDITION, r
     return r.sense[2] & 0x0F, r.sense[12], r.sense[13]
 
 

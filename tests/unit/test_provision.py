@@ -13,7 +13,6 @@ import os
 import stat
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -323,7 +322,3 @@ def test_lun_create_file_is_sparse_and_undone_when_the_config_is_bad(
                str(tmp_path / "odd.img"), "--size", "1000", "--block-size", "4096") == 2
     assert "is not a multiple of the block size" in capsys.readouterr().err
     assert not (tmp_path / "odd.img").exists()
-
-
-def _unused(x: Any) -> None:  # pragma: no cover - keeps Any imported for the fakes' typing
-    del x

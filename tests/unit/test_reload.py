@@ -91,3 +91,29 @@ async def test_new_and_removed_targets(tmp_path: Path) -> None:
     assert list(model.targets) == [other] and list(model.targets[other].luns) == [3]
     await reloader.drain()
     model.targets[other].luns[3].backend.close()
+
+
+async def test_extended_copy_directory_follows_reloads(tmp_path: Path) -> None:
+    """EXTENDED COPY finds copy targets in one server-wide directory: a LU removed by a
+    reload leaves it (its backend is closed), LUs added by a reload join it, new targets too."""
+    path = tmp_path / "c.yaml"
+    write(path, {0: file_lun(tmp_path, "a.img"), 1: file_lun(tmp_path, "b.img")})
+    cfg = load_config(path)
+    model = build_model(cfg)
+    assert model.directory is not None
+    removed = model.targets[IQN].luns[1]
+    assert model.directory.find(removed.identity.naa) is removed
+    server: Any = SimpleNamespace(model=model, protocols=set(),
+                                  registry=SimpleNamespace(sessions={}))
+    reloader = Reloader(server, cfg, path)
+    other = "iqn.2026-11.org.test:other"
+    path.write_text(yaml.safe_dump({"state_dir": "state", "portals": ["127.0.0.1:0"], "targets": [
+        {"iqn": IQN, "auth": "none",
+         "luns": {0: file_lun(tmp_path, "a.img"), 2: file_lun(tmp_path, "c.img")}},
+        {"iqn": other, "auth": "none", "luns": {0: file_lun(tmp_path, "d.img")}}]}))
+    report = await reloader.reload()
+    await reloader.drain()
+    assert report.error is None, report
+    assert model.directory.find(removed.identity.naa) is None
+    for lu in (model.targets[IQN].luns[2], model.targets[other].luns[0]):
+        assert model.directory.find(lu.identity.naa) is lu and lu.directory is model.directory

@@ -16,9 +16,9 @@ from pyscsit.scsi import provisioning as pv
 from pyscsit.scsi.identity import LuIdentity
 from pyscsit.scsi.lu import LogicalUnit
 from pyscsit.scsi.sense import InvalidFieldInParameterList, ParameterListLengthError
-from pyscsit.scsi.task import Nexus, ScsiCommand, ScsiResult, Status
+from pyscsit.scsi.task import ScsiResult, Status
+from tests.support.scsi import run, sense_of
 
-NX = Nexus("iqn.1994-05.com.example:init", 0x23D000000001, "iqn.2024-01.org.pyscsit:t1")
 BS = 512
 BLOCKS = 4096  # 2 MiB
 MiB = 1 << 20
@@ -34,18 +34,6 @@ def file_lu(tmp_path: Path) -> LogicalUnit:
                      block_size=BS)
     yield lu
     lu.backend.close()
-
-
-async def run(lu: LogicalUnit, cdb: bytes, data: bytes | None = None,
-              edtl: int | None = None) -> ScsiResult:
-    mv = memoryview(data) if data is not None else None
-    n = len(data or b"") if edtl is None else edtl
-    return await lu.execute(ScsiCommand(cdb, NX, data_out=mv, expected_length=n))
-
-
-def sense_of(r: ScsiResult) -> tuple[int, int, int]:
-    assert r.status == Status.CHECK_CONDITION, r
-    return r.sense[2] & 0x0F, r.sense[12], r.sense[13]
 
 
 def good(r: ScsiResult) -> ScsiResult:

@@ -25,6 +25,7 @@ from pyscsit.scsi.pr_codec import (
 from pyscsit.scsi.registry import PrConflict
 from pyscsit.scsi.sense import InvalidFieldInParameterList
 from pyscsit.scsi.task import Nexus, ScsiCommand, ScsiResult, Status
+from tests.support.scsi import sense_of
 
 TGT = "iqn.2026-11.org.pyscsit:t"
 A = Nexus("iqn.1991-05.com.microsoft:node-a", 0x400001370000, TGT)
@@ -55,11 +56,6 @@ def make_lu(tmp_path: Path | None = None) -> LogicalUnit:
 async def run(lu: LogicalUnit, cdb: bytes, nexus: Nexus, data: bytes = b"") -> ScsiResult:
     return await lu.execute(ScsiCommand(cdb, nexus, data_out=memoryview(data),
                                         expected_length=len(data)))
-
-
-def sense3(r: ScsiResult) -> tuple[int, int, int]:
-    assert r.status == Status.CHECK_CONDITION, r.status
-    return r.sense[2] & 0x0F, r.sense[12], r.sense[13]
 
 
 def prout_cdb(sa: int, pr_type: int = 0, length: int = 24, scope: int = 0) -> bytes:
@@ -129,7 +125,7 @@ async def test_read_keys_truncates_to_allocation_length_but_reports_full_length(
 @pytest.mark.parametrize("sa", [4, 5, 0x10, 0x1F])
 async def test_prin_unknown_service_action_is_invalid_field_in_cdb(sa: int) -> None:
     r = await run(make_lu(), struct.pack(">BB5xHB", 0x5E, sa, 100, 0), A)
-    assert sense3(r) == (5, 0x24, 0)
+    assert sense_of(r) == (5, 0x24, 0)
 
 
 async def test_report_capabilities_advertises_what_is_implemented() -> None:
@@ -243,7 +239,7 @@ async def test_spec_i_pt_rejects_an_already_registered_port() -> None:
     lu = make_lu()
     await registered(lu, (B, KB))
     r = await prout(lu, A, REGISTER, sa_key=KA, tids=(TransportId(B.initiator_name, B.isid),))
-    assert sense3(r) == (5, 0x26, 0)
+    assert sense_of(r) == (5, 0x26, 0)
     assert (await keys(lu))[1] == [KB]
 
 
@@ -255,7 +251,7 @@ async def test_parameter_list_length_must_be_24(length: int) -> None:
     lu = make_lu()
     data = encode_prout_params(ProutParams(0, KA)).ljust(length, b"\0")[:length]
     r = await run(lu, prout_cdb(REGISTER, 0, length), A, data)
-    assert sense3(r) == (5, 0x1A, 0)
+    assert sense_of(r) == (5, 0x1A, 0)
 
 
 async def test_spec_i_pt_with_reserve_is_invalid_field_in_parameter_list() -> None:
@@ -264,7 +260,7 @@ async def test_spec_i_pt_with_reserve_is_invalid_field_in_parameter_list() -> No
     data = encode_prout_params(ProutParams(KA, 0, True, False, False,
                                            (TransportId(B.initiator_name),)))
     r = await run(lu, prout_cdb(RESERVE, WE, len(data)), A, data)
-    assert sense3(r) == (5, 0x26, 0)
+    assert sense_of(r) == (5, 0x26, 0)
 
 
 async def test_spec_i_pt_transport_ids_must_fit_the_list() -> None:
@@ -273,7 +269,7 @@ async def test_spec_i_pt_transport_ids_must_fit_the_list() -> None:
                                            (TransportId(B.initiator_name),)))
     short = data[:-4]
     r = await run(lu, prout_cdb(REGISTER, 0, len(short)), A, short)
-    assert sense3(r) == (5, 0x1A, 0)
+    assert sense_of(r) == (5, 0x1A, 0)
 
 
 def test_transport_id_round_trip_and_rejects() -> None:
@@ -343,7 +339,7 @@ async def test_reserve_rejects_bad_scope_or_type(scope: int, pr_type: int) -> No
     await registered(lu, (A, KA))
     data = encode_prout_params(ProutParams(KA, 0))
     r = await run(lu, prout_cdb(RESERVE, pr_type, 24, scope), A, data)
-    assert sense3(r) == (5, 0x24, 0)
+    assert sense_of(r) == (5, 0x24, 0)
 
 
 async def test_release_rules_and_reservations_released_ua() -> None:
@@ -354,10 +350,10 @@ async def test_release_rules_and_reservations_released_ua() -> None:
     await good(await prout(lu, B, RELEASE, KB, pr_type=WE_RO))
     assert await reservation(lu) == (KA, WE_RO)
     # the holder naming another type: INVALID RELEASE OF PERSISTENT RESERVATION
-    assert sense3(await prout(lu, A, RELEASE, KA, pr_type=WE)) == (5, 0x26, 0x04)
+    assert sense_of(await prout(lu, A, RELEASE, KA, pr_type=WE)) == (5, 0x26, 0x04)
     await good(await prout(lu, A, RELEASE, KA, pr_type=WE_RO))
     assert await reservation(lu) is None
-    assert sense3(await run(lu, TUR, B)) == (6, 0x2A, 0x04)  # RESERVATIONS RELEASED
+    assert sense_of(await run(lu, TUR, B)) == (6, 0x2A, 0x04)  # RESERVATIONS RELEASED
     await good(await run(lu, TUR, A))  # not the nexus that released it
 
 
@@ -375,7 +371,7 @@ async def test_holder_unregistering_releases_non_all_registrants_reservation() -
     await good(await prout(lu, A, RESERVE, KA, pr_type=EA_RO))
     await good(await prout(lu, A, REGISTER, KA, 0))
     assert await reservation(lu) is None
-    assert sense3(await run(lu, TUR, B)) == (6, 0x2A, 0x04)
+    assert sense_of(await run(lu, TUR, B)) == (6, 0x2A, 0x04)
 
 
 async def test_all_registrants_reservation_outlives_its_creator() -> None:
@@ -402,7 +398,7 @@ async def test_clear_drops_everything_and_tells_the_others() -> None:
     await good(await prout(lu, B, CLEAR, KB))
     assert await keys(lu) == (gen + 1, [])
     assert await reservation(lu) is None
-    assert sense3(await run(lu, TUR, A)) == (6, 0x2A, 0x03)  # RESERVATIONS PREEMPTED
+    assert sense_of(await run(lu, TUR, A)) == (6, 0x2A, 0x03)  # RESERVATIONS PREEMPTED
     await good(await run(lu, TUR, B))
 
 
@@ -412,11 +408,11 @@ async def test_preempt_removes_registrations_without_a_reservation() -> None:
     gen = (await keys(lu))[0]
     await good(await prout(lu, B, PREEMPT, KB, KA, pr_type=EA))
     assert await keys(lu) == (gen + 1, [KB])
-    assert sense3(await run(lu, TUR, A)) == (6, 0x2A, 0x05)  # REGISTRATIONS PREEMPTED
+    assert sense_of(await run(lu, TUR, A)) == (6, 0x2A, 0x05)  # REGISTRATIONS PREEMPTED
     # nothing left with that key: RESERVATION CONFLICT; SARK 0: invalid field
     assert (await prout(lu, B, PREEMPT, KB, KA, pr_type=EA)).status == \
         Status.RESERVATION_CONFLICT
-    assert sense3(await prout(lu, B, PREEMPT, KB, 0, pr_type=EA)) == (5, 0x26, 0)
+    assert sense_of(await prout(lu, B, PREEMPT, KB, 0, pr_type=EA)) == (5, 0x26, 0)
 
 
 async def test_preempt_takes_over_the_holders_reservation() -> None:
@@ -426,8 +422,8 @@ async def test_preempt_takes_over_the_holders_reservation() -> None:
     await good(await prout(lu, B, PREEMPT, KB, KA, pr_type=EA_RO))
     assert await reservation(lu) == (KB, EA_RO)
     assert (await keys(lu))[1] == [KB, KC]
-    assert sense3(await run(lu, TUR, A)) == (6, 0x2A, 0x05)
-    assert sense3(await run(lu, TUR, C)) == (6, 0x2A, 0x04)  # the type changed under C
+    assert sense_of(await run(lu, TUR, A)) == (6, 0x2A, 0x05)
+    assert sense_of(await run(lu, TUR, C)) == (6, 0x2A, 0x04)  # the type changed under C
     assert (await run(lu, READ10, A)).status == Status.RESERVATION_CONFLICT
 
 
@@ -480,12 +476,12 @@ async def test_register_and_move_rules() -> None:
     assert (await move(lu, A, KA, KC, dest)).status == Status.RESERVATION_CONFLICT
     await good(await prout(lu, A, RESERVE, KA, pr_type=WE))
     assert (await move(lu, B, KB, KC, dest)).status == Status.RESERVATION_CONFLICT
-    assert sense3(await move(lu, A, KA, 0, dest)) == (5, 0x26, 0)  # SARK 0
-    assert sense3(await move(lu, A, KA, KC, TransportId(A.initiator_name, A.isid))) == \
+    assert sense_of(await move(lu, A, KA, 0, dest)) == (5, 0x26, 0)  # SARK 0
+    assert sense_of(await move(lu, A, KA, KC, TransportId(A.initiator_name, A.isid))) == \
         (5, 0x26, 0)  # to itself
-    assert sense3(await move(lu, A, KA, KC, dest, rel=7)) == (5, 0x26, 0)  # no such port
+    assert sense_of(await move(lu, A, KA, KC, dest, rel=7)) == (5, 0x26, 0)  # no such port
     short = encode_move_params(MoveParams(KA, KC, False, False, 1, dest))[:-4]
-    assert sense3(await run(lu, prout_cdb(MOVE, WE, len(short)), A, short)) == (5, 0x1A, 0)
+    assert sense_of(await run(lu, prout_cdb(MOVE, WE, len(short)), A, short)) == (5, 0x1A, 0)
     assert await reservation(lu) == (KA, WE)
 
 
@@ -547,7 +543,7 @@ async def test_reserve6_with_persistent_registrations() -> None:
 async def test_reserve10_third_party_is_not_supported() -> None:
     lu = make_lu()
     r = await run(lu, bytes((0x56, 0x10, 5, 0, 0, 0, 0, 0, 0, 0)), A)
-    assert sense3(r) == (5, 0x24, 0)
+    assert sense_of(r) == (5, 0x24, 0)
     await good(await run(lu, bytes((0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0)), A))
     assert (await run(lu, READ10, B)).status == Status.RESERVATION_CONFLICT
 
@@ -589,7 +585,7 @@ async def test_failed_save_fails_the_command_and_keeps_the_old_state(tmp_path: P
     (tmp_path / "state").rmdir()
     (tmp_path / "state").write_text("a file where the state directory was")
     r = await prout(lu, A, RESERVE, KA, pr_type=WE)
-    assert sense3(r) == (4, 0x44, 0)
+    assert sense_of(r) == (4, 0x44, 0)
     assert await reservation(lu) is None  # not reserved in memory either
 
 

@@ -14,6 +14,7 @@ from pyscsit.scsi.modes import ModeSenseCdb, parse_mode_sense
 from pyscsit.scsi.sense import SavingParametersNotSupported
 from pyscsit.scsi.spc import parse_inquiry
 from pyscsit.scsi.task import Nexus, ScsiCommand, ScsiResult, Status
+from tests.support.scsi import sense_of
 
 NX = Nexus("iqn.1994-05.com.example:init", 0x23D000000001, "iqn.2024-01.org.pyscsit:t1",
            tpgt=1, relative_port=3)
@@ -30,11 +31,6 @@ async def run(lu: LogicalUnit, cdb: bytes, nexus: Nexus = NX) -> ScsiResult:
 
 def inq(evpd: int, page: int, alloc: int) -> bytes:
     return struct.pack(">BBBHB", 0x12, evpd, page, alloc, 0)
-
-
-def sense3(r: ScsiResult) -> tuple[int, int, int]:
-    assert r.status == Status.CHECK_CONDITION
-    return r.sense[2] & 0x0F, r.sense[12], r.sense[13]
 
 
 TUR = bytes(6)
@@ -63,12 +59,12 @@ async def test_inquiry_allocation_length_truncates() -> None:
 
 async def test_inquiry_page_code_without_evpd_is_invalid_field() -> None:
     r = await run(make_lu(), inq(0, 1, 255))
-    assert sense3(r) == (5, 0x24, 0) and r.sense[16:18] == b"\x00\x02"
+    assert sense_of(r) == (5, 0x24, 0) and r.sense[16:18] == b"\x00\x02"
 
 
 async def test_inquiry_cmddt_bit_rejected() -> None:
     r = await run(make_lu(), inq(2, 0, 255))
-    assert sense3(r) == (5, 0x24, 0) and r.sense[15] & 0x0F == 0x08 | 1
+    assert sense_of(r) == (5, 0x24, 0) and r.sense[15] & 0x0F == 0x08 | 1
 
 
 def test_parse_inquiry() -> None:
@@ -83,7 +79,7 @@ async def test_vpd_supported_pages_lists_every_page() -> None:
 
 
 async def test_vpd_unknown_page_is_invalid_field() -> None:
-    assert sense3(await run(make_lu(), inq(1, 0x99, 255)))[:2] == (5, 0x24)
+    assert sense_of(await run(make_lu(), inq(1, 0x99, 255)))[:2] == (5, 0x24)
 
 
 async def test_vpd_serial_matches_identity() -> None:
@@ -185,10 +181,10 @@ async def test_mode_sense_changeable_only_wce_d_sense_swp() -> None:
 async def test_mode_sense_errors() -> None:
     lu = make_lu()
     r = await run(lu, ms6(0x3F, pc=3))
-    assert sense3(r) == (5, 0x39, 0)
+    assert sense_of(r) == (5, 0x39, 0)
     r = await run(lu, ms6(0x19))
-    assert sense3(r) == (5, 0x24, 0) and r.sense[15] == 0xCD and r.sense[17] == 2
-    assert sense3(await run(lu, ms6(0x08, sub=0x01))) == (5, 0x24, 0)
+    assert sense_of(r) == (5, 0x24, 0) and r.sense[15] == 0xCD and r.sense[17] == 2
+    assert sense_of(await run(lu, ms6(0x08, sub=0x01))) == (5, 0x24, 0)
 
 
 async def test_mode_sense10_long_lba_and_write_protect() -> None:
@@ -228,7 +224,7 @@ async def test_lun_reset_unit_attention_for_every_nexus_once() -> None:
     lu.reset("lun")
     # INQUIRY neither reports nor clears it (SAM-5 5.14)
     assert (await run(lu, inq(0, 0, 36), NX)).status == Status.GOOD
-    assert sense3(await run(lu, TUR, NX)) == (6, 0x29, 0x03)
+    assert sense_of(await run(lu, TUR, NX)) == (6, 0x29, 0x03)
     assert (await run(lu, TUR, NX)).status == Status.GOOD
     # REQUEST SENSE reports it as data, GOOD status, and clears it
     r = await run(lu, bytes((0x03, 0, 0, 0, 18, 0)), NX2)
@@ -240,11 +236,11 @@ async def test_unit_attention_beats_invalid_opcode_and_uses_cdb_length() -> None
     lu = make_lu()
     await run(lu, TUR)
     lu.reset("cold")
-    assert sense3(await run(lu, bytes((0xC5,)) + bytes(15))) == (6, 0x29, 0x01)
-    assert sense3(await run(lu, bytes((0xC5,)) + bytes(15))) == (5, 0x20, 0)
+    assert sense_of(await run(lu, bytes((0xC5,)) + bytes(15))) == (6, 0x29, 0x01)
+    assert sense_of(await run(lu, bytes((0xC5,)) + bytes(15))) == (5, 0x20, 0)
     lu.reset("target_warm_reset")
     r = await run(lu, struct.pack(">BBIBHB", 0x28, 0, 0, 0, 2, 0))
-    assert sense3(r) == (6, 0x29, 0x02) and r.transfer_length == 1024
+    assert sense_of(r) == (6, 0x29, 0x02) and r.transfer_length == 1024
 
 
 async def test_nexus_lost_drops_pending_unit_attention() -> None:
@@ -262,10 +258,10 @@ async def test_start_stop_unit_and_tur() -> None:
     assert (await run(lu, bytes((0x1B, 0, 0, 0, 0, 0)))).status == Status.GOOD
     assert (await run(lu, bytes((0x1B, 1, 0, 0, 1, 0)))).status == Status.GOOD
     r = await run(lu, bytes((0x00, 1, 0, 0, 0, 0)))  # reserved bit in TUR
-    assert sense3(r) == (5, 0x24, 0)
+    assert sense_of(r) == (5, 0x24, 0)
 
 
 async def test_unsupported_opcode() -> None:
     r = await run(make_lu(), bytes((0xC5,)) + bytes(15))
-    assert sense3(r) == (5, 0x20, 0)
+    assert sense_of(r) == (5, 0x20, 0)
     assert make_lu().inspect(bytes((0xC5,)) + bytes(15)).known is False

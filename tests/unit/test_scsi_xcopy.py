@@ -12,6 +12,7 @@ from pyscsit.scsi.identity import LuIdentity
 from pyscsit.scsi.lu import LogicalUnit
 from pyscsit.scsi.task import Nexus, ScsiCommand, ScsiResult, Status
 from pyscsit.scsi.xcopy import LuDirectory, parse_copy_list
+from tests.support.scsi import read16, sense_of, write16
 
 ESX = Nexus("iqn.1998-01.com.vmware:esx1", 0x23D000000001, "iqn.2024-01.org.pyscsit:t1")
 OTHER = Nexus("iqn.1998-01.com.vmware:esx2", 0x23D000000002, "iqn.2024-01.org.pyscsit:t1")
@@ -68,11 +69,6 @@ async def extended_copy(lu: LogicalUnit, data: bytes, nexus: Nexus = ESX) -> Scs
     return await run(lu, xcopy_cdb(len(data)), data, nexus)
 
 
-def sense_of(r: ScsiResult) -> tuple[int, int, int]:
-    assert r.status == Status.CHECK_CONDITION, r
-    return r.sense[2] & 0x0F, r.sense[12], r.sense[13]
-
-
 def param_ptr(r: ScsiResult) -> int:
     sks = r.sense[15]
     assert sks & 0x80 and not sks & 0x40, "SKSV set, C/D clear: a parameter list field"
@@ -80,12 +76,12 @@ def param_ptr(r: ScsiResult) -> int:
 
 
 async def write(lu: LogicalUnit, lba: int, data: bytes, nexus: Nexus = ESX) -> None:
-    cdb = struct.pack(">BBQIBB", 0x8A, 0, lba, len(data) // lu.block_size, 0, 0)
+    cdb = write16(lba, len(data) // lu.block_size)
     assert (await run(lu, cdb, data, nexus)).status == Status.GOOD
 
 
 async def read(lu: LogicalUnit, lba: int, n: int) -> bytes:
-    r = await run(lu, struct.pack(">BBQIBB", 0x88, 0, lba, n, 0, 0))
+    r = await run(lu, read16(lba, n))
     assert r.status == Status.GOOD
     return bytes(r.data)
 
